@@ -1,0 +1,219 @@
+"""The intermediate representation every pass works on: a chain of dense layers.
+
+``Network`` is a plain, immutable dataclass holding ``Dense`` layers in float64.  Passes never
+mutate one; they build a new one with :func:`dataclasses.replace`.  Each layer remembers the
+original index of every neuron it still has (``neuron_ids``) and the index of the layer it came
+from (``layer_id``), so a report can always speak in the numbering of the model the user gave us.
+
+Everything ONNX-specific that the chain does not cover (an opaque prefix such as a convolutional
+feature extractor, a suffix such as Softmax, the input/output value infos, opset and metadata) is
+kept in ``Network.onnx`` as an opaque object that only the reader and the writer understand.
+
+This module imports nothing of the project: it is the floor everything stands on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+RELU = "relu"
+LINEAR = "linear"
+ACTIVATIONS = (RELU, LINEAR)
+
+
+@dataclass(frozen=True, eq=False)
+class Quantization:
+    """How a layer's weights are stored once quantized.
+
+    ``kind == "codebook"``: ``weight == codebook[codes]`` (weight sharing, k-means);
+    ``kind == "int8"``: ``weight == scale[:, None] * codes`` (symmetric per output channel).
+    The dense ``Dense.weight`` always holds the dequantized values so analyses keep working.
+    """
+
+    kind: str
+    codes: np.ndarray
+    codebook: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    bits: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """``activation(weight @ x + bias)`` with ``weight`` of shape (out, in).
+
+    ``neuron_ids[i]`` is the original index (in layer ``layer_id`` of the input model) of output
+    neuron ``i``.  ``quant`` is set by the quantize pass; ``None`` means plain float weights.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: str = RELU
+    layer_id: int = 0
+    neuron_ids: tuple[int, ...] = ()
+    source: str = ""
+    quant: Quantization | None = None
+
+    def __post_init__(self) -> None:
+        w = np.asarray(self.weight, dtype=np.float64)
+        b = np.asarray(self.bias, dtype=np.float64).reshape(-1)
+        if w.ndim != 2:
+            raise ValueError(f"Dense weight must be 2-D, got shape {w.shape}")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"Dense bias has {b.shape[0]} entries for {w.shape[0]} neurons")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "bias", b)
+        ids = tuple(int(i) for i in self.neuron_ids) if self.neuron_ids else tuple(range(w.shape[0]))
+        if len(ids) != w.shape[0]:
+            raise ValueError(f"Dense has {w.shape[0]} neurons but {len(ids)} neuron_ids")
+        object.__setattr__(self, "neuron_ids", ids)
+
+    @property
+    def n_out(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def n_in(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def is_relu(self) -> bool:
+        return self.activation == RELU
+
+    def preactivation(self, x: np.ndarray) -> np.ndarray:
+        """Pre-activation for a batch ``x`` of shape (N, in)."""
+        return x @ self.weight.T + self.bias
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        y = self.preactivation(x)
+        return np.maximum(y, 0.0) if self.is_relu else y
+
+
+@dataclass(frozen=True, eq=False)
+class Box:
+    """An input domain: the box ``lo <= x <= hi`` over the flattened model input.
+
+    ``source`` says where it came from (``"0:1"``, a file name, ``"data hull"``); ``note`` carries
+    anything the user should read, e.g. that a vnnlib disjunction was replaced by its hull.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    source: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        lo = np.asarray(self.lo, dtype=np.float64).reshape(-1)
+        hi = np.asarray(self.hi, dtype=np.float64).reshape(-1)
+        if lo.shape != hi.shape:
+            raise ValueError(f"domain lo has {lo.size} entries but hi has {hi.size}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+
+    @property
+    def size(self) -> int:
+        return int(self.lo.size)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` points drawn uniformly from the box, float64, shape (n, size)."""
+        return rng.uniform(self.lo, self.hi, size=(n, self.size)) if n > 0 else np.empty((0, self.size))
+
+    def corners(self, cap: int, rng: np.random.Generator) -> np.ndarray:
+        """All vertices of the box when there are at most ``cap``, else ``cap`` random ones."""
+        free = np.flatnonzero(self.hi > self.lo)
+        if cap <= 0:
+            return np.empty((0, self.size))
+        if free.size <= 20 and 2 ** free.size <= cap:
+            bits = (np.arange(2 ** free.size)[:, None] >> np.arange(free.size)[None, :]) & 1
+        else:
+            bits = rng.integers(0, 2, size=(cap, free.size))
+        pts = np.repeat(self.lo[None, :], bits.shape[0], axis=0)
+        pts[:, free] = np.where(bits == 1, self.hi[free], self.lo[free])
+        return pts
+
+    def contains(self, x: np.ndarray, tol: float = 0.0) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.size)
+        return np.all((x >= self.lo - tol) & (x <= self.hi + tol), axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A chain of dense layers, plus the opaque ONNX context around it.
+
+    ``input_size`` is the number of features the chain reads (after any folded Flatten/Reshape);
+    ``onnx`` is owned by the reader/writer (prefix/suffix nodes, value infos, opset, dtype).
+    """
+
+    layers: tuple[Dense, ...]
+    input_size: int
+    onnx: Any = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        if not layers:
+            raise ValueError("a Network needs at least one layer")
+        width = self.input_size
+        for k, layer in enumerate(layers):
+            if layer.n_in != width:
+                raise ValueError(f"layer {k} reads {layer.n_in} features but receives {width}")
+            width = layer.n_out
+        object.__setattr__(self, "layers", layers)
+
+    # ---- shape facts -------------------------------------------------------------------------
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def widths(self) -> list[int]:
+        """Widths of the hidden layers (every layer but the last)."""
+        return [layer.n_out for layer in self.layers[:-1]]
+
+    @property
+    def params(self) -> int:
+        return int(sum(layer.weight.size + layer.bias.size for layer in self.layers))
+
+    @property
+    def nonzero_params(self) -> int:
+        return int(sum(np.count_nonzero(layer.weight) + np.count_nonzero(layer.bias) for layer in self.layers))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per input sample of the dense chain."""
+        return int(sum(layer.weight.size for layer in self.layers))
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, preactivations: bool = False):
+        """Evaluate the chain in float64 on a batch (N, input_size).
+
+        With ``preactivations=True`` returns ``(output, [pre-activation of every layer])``.
+        """
+        h = np.asarray(x, dtype=np.float64).reshape(-1, self.input_size)
+        pres = []
+        for layer in self.layers:
+            y = layer.preactivation(h)
+            if preactivations:
+                pres.append(y)
+            h = np.maximum(y, 0.0) if layer.is_relu else y
+        return (h, pres) if preactivations else h
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def fingerprint(self) -> str:
+        """A hash of all weights, used to check that analysis passes leave a network untouched."""
+        h = hashlib.sha256()
+        for layer in self.layers:
+            for arr in (layer.weight, layer.bias, np.asarray(layer.neuron_ids, dtype=np.int64)):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(layer.activation.encode())
+        return h.hexdigest()
+
+    def with_layers(self, layers) -> "Network":
+        return replace(self, layers=tuple(layers))

@@ -1,0 +1,601 @@
+"""ONNX -> Network: lower the maximal Gemm / MatMul(+Add) / Relu chain of a model into dense layers.
+
+What is absorbed into the chain (all folded exactly, in float64):
+
+* ``Gemm`` with a constant weight (any ``transA``/``transB``/``alpha``/``beta``, broadcast bias),
+  ``MatMul`` with a constant weight on either side, followed or not by ``Add`` of a constant;
+* ``Relu``; consecutive linear layers with no Relu between stay separate ``Dense(linear)`` layers;
+* elementwise affine ops by constants (``Add``, ``Sub``, ``Mul``, ``Div``) and
+  ``BatchNormalization`` (inference form): before the first layer they fold into its columns (input
+  normalisation), right after a linear layer into its rows, after a Relu into the next layer's columns;
+* ``Flatten`` / ``Reshape`` / ``Squeeze`` / ``Unsqueeze`` / ``Transpose`` that only reorder the
+  features of one sample, ``Identity`` and inference-mode ``Dropout``.
+
+Everything else is left alone: the nodes before the chain (e.g. a convolutional feature extractor)
+and after it (e.g. Softmax/ArgMax) are written back untouched by the writer.  The chain chosen is
+the one with the most linear layers.  A model with none is an ``InputError`` naming the op that
+stops the chain on the path from the model input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .errors import InputError
+from .ir import LINEAR, RELU, Dense, Network
+from .onnxio import SUPPORTED_FLOAT, constant_values, elem_type_name, load_model, real_inputs, value_shape
+
+ROWS, COLS, VECTOR = "rows", "cols", "vector"
+"""Layouts of a chain tensor: [batch, features...], [features, batch] (2-D only), or [features]."""
+
+
+@dataclass
+class OnnxContext:
+    """What the writer needs to put the chain back into the original graph (opaque to passes)."""
+
+    model: onnx.ModelProto
+    chain_nodes: frozenset
+    first_chain_node: int
+    chain_input: str
+    input_layout: str
+    input_shape: tuple
+    chain_output: str
+    output_layout: str
+    output_shape: tuple
+    dtype: int
+    prefix_ops: list = field(default_factory=list)
+    suffix_ops: list = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def np_dtype(self):
+        return SUPPORTED_FLOAT[self.dtype]
+
+
+class _Stop(Exception):
+    """This node cannot be absorbed: the chain ends before it."""
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node '{node.name}'" if node.name else f"{node.op_type} node (output '{node.output[0]}')"
+
+
+class _Walk:
+    """State of a chain while it is walked node by node from its input tensor.
+
+    Before the first linear layer the current tensor is ``scale * x[perm] + offset`` elementwise over
+    the chain input ``x`` (flattened features).  After it, a linear map may be ``pending`` (no
+    activation yet), or an elementwise affine map may wait after a Relu (``post``) to be folded into
+    the next layer's columns.
+    """
+
+    def __init__(self, shape: tuple, layout: str, n_features: int):
+        self.shape = tuple(shape)
+        self.layout = layout
+        self.n_in = n_features
+        self.perm = np.arange(n_features)
+        self.scale = np.ones(n_features)
+        self.offset = np.zeros(n_features)
+        self.layers: list[Dense] = []
+        self.pending: tuple[np.ndarray, np.ndarray, str] | None = None
+        self.post: tuple[np.ndarray, np.ndarray] | None = None
+        self.n_linear = 0
+        self.nodes: list[int] = []
+
+    # ---- geometry ----------------------------------------------------------------------------
+    @property
+    def batch_axis(self) -> int | None:
+        return {ROWS: 0, COLS: 1, VECTOR: None}[self.layout]
+
+    @property
+    def feature_shape(self) -> tuple:
+        if self.layout == VECTOR:
+            return self.shape
+        return tuple(d for a, d in enumerate(self.shape) if a != self.batch_axis)
+
+    @property
+    def width(self) -> int:
+        return int(prod(self.feature_shape))
+
+    @property
+    def started(self) -> bool:
+        return self.n_linear > 0
+
+    def per_feature(self, const: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+        """Broadcast a constant over one sample's features; refuse if it would vary over the batch
+        or grow the tensor."""
+        c = np.asarray(const, dtype=np.float64)
+        rank = len(self.shape)
+        if channel_axis is not None:  # BatchNormalization parameters live on axis 1
+            c = c.reshape([-1 if a == channel_axis else 1 for a in range(rank)])
+        if c.ndim > rank:
+            raise _Stop("constant has more dimensions than the tensor")
+        c = c.reshape((1,) * (rank - c.ndim) + c.shape)
+        if self.batch_axis is not None and c.shape[self.batch_axis] != 1:
+            raise _Stop("constant varies along the batch axis")
+        target = [1 if a == self.batch_axis else d for a, d in enumerate(self.shape)]
+        try:
+            full = np.broadcast_to(c, target)
+        except ValueError:
+            raise _Stop("constant does not broadcast over the features") from None
+        if self.batch_axis is not None:
+            full = np.moveaxis(full, self.batch_axis, 0)[0]
+        return np.ascontiguousarray(full).reshape(-1)
+
+    # ---- operations --------------------------------------------------------------------------
+    def affine(self, s: np.ndarray, t: np.ndarray) -> None:
+        """The current tensor becomes ``s * current + t`` (per feature)."""
+        if not np.all(np.isfinite(s)) or not np.all(np.isfinite(t)):
+            raise _Stop("non-finite constant")
+        if not self.started:
+            self.scale, self.offset = s * self.scale, s * self.offset + t
+        elif self.pending is not None:
+            w, b, src = self.pending
+            self.pending = (s[:, None] * w, s * b + t, src)
+        else:
+            s0, t0 = self.post if self.post is not None else (np.ones_like(s), np.zeros_like(t))
+            self.post = (s * s0, s * t0 + t)
+
+    def linear(self, a: np.ndarray, c: np.ndarray, out_layout: str, source: str) -> None:
+        """The current tensor becomes ``a @ current + c`` (a: out x width) in layout ``out_layout``."""
+        if not self.started:
+            w = np.zeros((a.shape[0], self.n_in))
+            w[:, self.perm] = a * self.scale[None, :]
+            a, c = w, a @ self.offset + c
+        elif self.pending is not None:
+            self._finish(LINEAR)
+        if self.post is not None:
+            s, t = self.post
+            a, c = a * s[None, :], c + a @ t
+            self.post = None
+        self.pending = (a, c, source)
+        self.n_linear += 1
+        batch = self.shape[self.batch_axis] if self.batch_axis is not None else None
+        self.layout = out_layout
+        self.shape = {ROWS: (batch, a.shape[0]), COLS: (a.shape[0], batch), VECTOR: (a.shape[0],)}[out_layout]
+
+    def relu(self, source: str) -> None:
+        if not self.started:
+            raise _Stop("Relu before any linear layer")
+        if self.pending is not None:
+            self._finish(RELU)
+        elif self.post is not None:
+            self._materialise_post(RELU, source)
+        # otherwise Relu(Relu(x)) == Relu(x): nothing to do
+
+    def _finish(self, activation: str) -> None:
+        w, b, src = self.pending
+        self.layers.append(Dense(w, b, activation, layer_id=len(self.layers), source=src))
+        self.pending = None
+
+    def _materialise_post(self, activation: str, source: str) -> None:
+        s, t = self.post
+        self.layers.append(Dense(np.diag(s), t, activation, layer_id=len(self.layers), source=source))
+        self.post = None
+
+    def finish(self) -> list[Dense]:
+        if self.pending is not None:
+            self._finish(LINEAR)
+        if self.post is not None:
+            self._materialise_post(LINEAR, "elementwise affine after the last Relu")
+        return self.layers
+
+    def relayout(self, new_shape: tuple, new_layout: str, order: np.ndarray | None = None) -> None:
+        """A reshape/transpose: same features, maybe reordered (``order[j]`` = old index of new j)."""
+        if order is not None and not np.array_equal(order, np.arange(order.size)):
+            if self.started:
+                raise _Stop("feature reordering after a linear layer")
+            self.perm, self.scale, self.offset = self.perm[order], self.scale[order], self.offset[order]
+        if self.started and new_layout != VECTOR and len(new_shape) != 2:
+            raise _Stop("reshape to rank other than 2 after a linear layer")
+        self.shape, self.layout = tuple(new_shape), new_layout
+
+
+class _Lowerer:
+    def __init__(self, model: onnx.ModelProto, source: str):
+        self.model = model
+        self.source = source
+        self.graph = model.graph
+        self.consts = constant_values(model)
+        self.nodes = list(self.graph.node)
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self._shapes: dict[str, tuple] | None = None
+        self.elem_type = TensorProto.FLOAT
+        self._types: dict[str, int] = {}
+
+    # ---- tensor facts ------------------------------------------------------------------------
+    def shapes(self) -> dict[str, tuple]:
+        if self._shapes is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
+                infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+            except Exception:
+                infos = list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output)
+            self._shapes = {}
+            for vi in infos:
+                if vi.type.HasField("tensor_type"):
+                    self._shapes[vi.name] = value_shape(vi)
+                    self._types[vi.name] = vi.type.tensor_type.elem_type
+        return self._shapes
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name) if name else None
+
+    # ---- walking -----------------------------------------------------------------------------
+    def walk(self, start: str, shape: tuple, layout: str) -> _Walk:
+        fshape = shape if layout == VECTOR else tuple(d for a, d in enumerate(shape) if a != {ROWS: 0, COLS: 1}[layout])
+        if any(not isinstance(d, int) for d in fshape):
+            raise _Stop("non-static feature dimension")
+        state = _Walk(shape, layout, int(prod(fshape)))
+        current = start
+        while True:
+            users = self.consumers.get(current, [])
+            if current in self.graph_outputs or len(users) != 1:
+                break
+            idx = users[0]
+            node = self.nodes[idx]
+            snapshot = _copy_walk(state)
+            try:
+                out = self.apply(state, node, current)
+            except _Stop as stop:
+                state = snapshot
+                state.stop_reason = f"{_node_label(node)}: {stop}"
+                state.stop_node = idx
+                break
+            state.nodes.append(idx)
+            current = out
+        state.end = current
+        return state
+
+    def apply(self, st: _Walk, node: onnx.NodeProto, data: str) -> str:
+        """Absorb ``node`` (whose data input is ``data``) into the walk; return its output name."""
+        op = node.op_type
+        a = _attrs(node)
+        ins = list(node.input)
+        if node.domain not in ("", "ai.onnx"):
+            raise _Stop(f"op from domain '{node.domain}'")
+        if ins.count(data) != 1:
+            raise _Stop("uses the chain tensor twice")
+        others = [n for n in ins if n and n != data]
+        if any(self.const(n) is None for n in others if op not in ("Dropout",)):
+            raise _Stop("an operand is not a constant")
+        extra_outputs = [o for o in node.output[1:] if o]
+        if any(o in self.graph_outputs or self.consumers.get(o) for o in extra_outputs):
+            raise _Stop("a secondary output is used")
+        src = node.name or node.output[0]
+
+        if op == "Identity":
+            pass
+        elif op == "Cast":
+            if a.get("to") != self.elem_type:
+                raise _Stop("Cast to another type")
+        elif op == "Dropout":
+            if len(ins) > 2 and ins[2]:
+                mode = self.const(ins[2])
+                if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                    raise _Stop("Dropout in training mode")
+        elif op == "Relu":
+            st.relu(src)
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            c = self.const(others[0]).astype(np.float64)
+            pc = st.per_feature(c)
+            first = ins[0] == data
+            if op == "Add":
+                st.affine(np.ones_like(pc), pc)
+            elif op == "Sub":
+                st.affine(np.ones_like(pc), -pc) if first else st.affine(-np.ones_like(pc), pc)
+            elif op == "Mul":
+                st.affine(pc, np.zeros_like(pc))
+            else:
+                if not first:
+                    raise _Stop("division by the chain tensor is not affine")
+                if np.any(pc == 0):
+                    raise _Stop("division by a zero constant")
+                st.affine(1.0 / pc, np.zeros_like(pc))
+        elif op == "BatchNormalization":
+            if ins[0] != data or a.get("training_mode", 0):
+                raise _Stop("BatchNormalization not in inference form")
+            if st.layout != ROWS:
+                raise _Stop("BatchNormalization on a non batch-first tensor")
+            scale, bias, mean, var = (self.const(n).astype(np.float64) for n in ins[1:5])
+            eps = float(a.get("epsilon", 1e-5))
+            s = scale / np.sqrt(var + eps)
+            st.affine(st.per_feature(s, channel_axis=1), st.per_feature(bias - mean * s, channel_axis=1))
+        elif op == "Gemm":
+            self._gemm(st, node, a, data, src)
+        elif op == "MatMul":
+            self._matmul(st, ins, data, src)
+        elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            self._reshape(st, node, a, data)
+        elif op == "Transpose":
+            self._transpose(st, a)
+        else:
+            raise _Stop("op not supported in the chain")
+        return node.output[0]
+
+    def _gemm(self, st: _Walk, node, a: dict, data: str, src: str) -> None:
+        ins = list(node.input)
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
+        if st.layout == VECTOR or len(st.shape) != 2:
+            raise _Stop("Gemm needs a 2-D tensor")
+        if ins[0] == data:  # Y = data' @ B'  with data' = [N, in]
+            if (st.layout, ta) not in ((ROWS, 0), (COLS, 1)):
+                raise _Stop("Gemm contracts the batch axis")
+            w = self.const(ins[1]).astype(np.float64)
+            w = w.T if tb else w  # [in, out]
+            mat, out_layout = alpha * w.T, ROWS
+        else:  # Y = A' @ data'  with data' = [in, N]
+            if (st.layout, tb) not in ((COLS, 0), (ROWS, 1)):
+                raise _Stop("Gemm contracts the batch axis")
+            w = self.const(ins[0]).astype(np.float64)
+            mat, out_layout = alpha * (w.T if ta else w), COLS
+        if mat.ndim != 2 or mat.shape[1] != st.width:
+            raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
+        bias = np.zeros(mat.shape[0])
+        if len(ins) > 2 and ins[2]:
+            c = self.const(ins[2]).astype(np.float64) * beta
+            probe = _Walk((None, mat.shape[0]) if out_layout == ROWS else (mat.shape[0], None), out_layout, 0)
+            bias = probe.per_feature(c)
+        st.linear(mat, bias, out_layout, src)
+
+    def _matmul(self, st: _Walk, ins: list, data: str, src: str) -> None:
+        if len(st.shape) > 2:
+            raise _Stop("MatMul on a tensor of rank > 2")
+        if ins[0] == data:  # data @ W
+            w = self.const(ins[1]).astype(np.float64)
+            if st.layout == COLS or w.ndim != 2:
+                raise _Stop("MatMul contracts the batch axis")
+            mat, out_layout = w.T, st.layout
+        else:  # W @ data
+            w = self.const(ins[0]).astype(np.float64)
+            if st.layout == ROWS or w.ndim != 2:
+                raise _Stop("MatMul contracts the batch axis")
+            mat, out_layout = w, st.layout
+        if mat.shape[1] != st.width:
+            raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
+        st.linear(mat, np.zeros(mat.shape[0]), out_layout, src)
+
+    def _reshape(self, st: _Walk, node, a: dict, data: str) -> None:
+        op = node.op_type
+        shape = list(st.shape)
+        feats = st.width
+        if op == "Flatten":
+            axis = int(a.get("axis", 1))
+            axis = axis + len(shape) if axis < 0 else axis
+            if st.layout != ROWS or axis != 1:
+                raise _Stop("Flatten that does not keep the batch axis")
+            st.relayout((shape[0], feats), ROWS)
+            return
+        if op == "Reshape":
+            target = self.const(node.input[1])
+            if target is None:
+                raise _Stop("Reshape with a computed shape")
+            target = [int(v) for v in np.asarray(target).reshape(-1)]
+            allowzero = int(a.get("allowzero", 0))
+            target = [shape[i] if (v == 0 and not allowzero and i < len(shape)) else v for i, v in enumerate(target)]
+        else:
+            axes = a.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                axes = self.const(node.input[1])
+                if axes is None:
+                    raise _Stop(f"{op} with computed axes")
+            inferred = self.shapes().get(node.output[0])
+            if inferred is None:
+                raise _Stop(f"{op} output shape unknown")
+            target = [d if isinstance(d, int) else -1 for d in inferred]
+        self._apply_target_shape(st, target, feats)
+
+    def _apply_target_shape(self, st: _Walk, target: list, feats: int) -> None:
+        """Decide the layout after a reshape to ``target`` (ints, -1 for one free dim, or symbols)."""
+        batch = st.shape[st.batch_axis] if st.batch_axis is not None else 1
+        if st.layout == COLS:
+            raise _Stop("reshape of a [features, batch] tensor")
+        if len(target) == 1:
+            if st.layout == VECTOR or batch == 1:
+                if target[0] in (-1, feats):
+                    st.relayout((feats,), VECTOR)
+                    return
+            raise _Stop("reshape that merges the batch into the features")
+        head, tail = target[0], target[1:]
+        tail_known = [d for d in tail if isinstance(d, int) and d != -1]
+        free = sum(1 for d in tail if d == -1 or not isinstance(d, int))
+        if st.layout == VECTOR:
+            if head == 1 and (prod(tail_known) == feats or free == 1):
+                st.relayout((1,) + tuple(d if isinstance(d, int) and d != -1 else feats // max(prod(tail_known), 1) for d in tail), ROWS)
+                return
+            if len(target) == 2 and target[1] == 1 and head in (-1, feats):
+                st.relayout((feats, 1), COLS)
+                return
+            raise _Stop("reshape of a vector")
+        head_is_batch = head == -1 or head == batch or (not isinstance(head, int))
+        if not head_is_batch:
+            raise _Stop("reshape that changes the batch axis")
+        if free == 0 and prod(tail_known) != feats:
+            raise _Stop("reshape to a different number of features")
+        if free > 1 or (free == 1 and head == -1):
+            if not (head == -1 and free == 0):
+                raise _Stop("ambiguous reshape")
+        if free == 1:
+            rest = feats // max(prod(tail_known), 1)
+            tail = [rest if (d == -1 or not isinstance(d, int)) else d for d in tail]
+        st.relayout((batch,) + tuple(tail), ROWS)
+
+    def _transpose(self, st: _Walk, a: dict) -> None:
+        rank = len(st.shape)
+        perm = list(a.get("perm", list(range(rank))[::-1]))
+        if st.layout == VECTOR:
+            return
+        if rank == 2 and perm == [1, 0]:
+            st.relayout((st.shape[1], st.shape[0]), COLS if st.layout == ROWS else ROWS)
+            return
+        if st.layout != ROWS or perm[0] != 0:
+            raise _Stop("Transpose that moves the batch axis")
+        fshape = st.feature_shape
+        order = np.arange(st.width).reshape(fshape).transpose([p - 1 for p in perm[1:]]).reshape(-1)
+        st.relayout((st.shape[0],) + tuple(fshape[p - 1] for p in perm[1:]), ROWS, order)
+
+    # ---- choosing the chain ------------------------------------------------------------------
+    def candidates(self):
+        """(tensor name, shape) of every place a chain might start."""
+        inputs = real_inputs(self.model)
+        yield inputs[0].name, value_shape(inputs[0])
+        shapes = self.shapes()
+        for node in self.nodes:
+            for out in node.output[:1]:
+                if out in shapes and out not in self.consts:
+                    yield out, shapes[out]
+
+    def best_chain(self) -> _Walk:
+        best, first_stop = None, None
+        for k, (name, shape) in enumerate(self.candidates()):
+            if not shape:
+                continue
+            layouts = [VECTOR] if len(shape) == 1 else ([ROWS, COLS] if len(shape) == 2 else [ROWS])
+            for layout in layouts:
+                try:
+                    walk = self.walk(name, shape, layout)
+                except _Stop:
+                    continue
+                walk.start = name
+                walk.start_layout = layout
+                if k == 0 and first_stop is None:
+                    first_stop = walk
+                if walk.n_linear and (best is None or (walk.n_linear, len(walk.nodes)) > (best.n_linear, len(best.nodes))):
+                    best = walk
+        if best is None:
+            where = ""
+            if first_stop is not None and getattr(first_stop, "stop_reason", None):
+                where = f": on the path from input '{first_stop.start}' the chain stops at {first_stop.stop_reason}"
+            elif first_stop is not None:
+                where = f": input '{first_stop.start}' reaches no Gemm/MatMul"
+            raise InputError(f"{self.source}: no lowerable Gemm/MatMul+Relu chain{where}")
+        return best
+
+
+def _copy_walk(w: _Walk) -> _Walk:
+    c = _Walk.__new__(_Walk)
+    c.__dict__.update(w.__dict__)
+    c.layers = list(w.layers)
+    c.nodes = list(w.nodes)
+    return c
+
+
+def lower(model: onnx.ModelProto, source: str = "model") -> Network:
+    """Lower an in-memory ONNX model to a ``Network`` (raises ``InputError`` with ``source`` named)."""
+    inputs = real_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise InputError(f"{source}: model has {len(inputs)} inputs ({names}); onnxcomp handles single-input models")
+    inp = inputs[0]
+    if not inp.type.HasField("tensor_type"):
+        raise InputError(f"{source}: input '{inp.name}' is not a tensor")
+    elem = inp.type.tensor_type.elem_type
+    if elem not in SUPPORTED_FLOAT:
+        raise InputError(
+            f"{source}: input '{inp.name}' is {elem_type_name(elem)}; onnxcomp supports float32 and float64 models"
+        )
+    shape = value_shape(inp)
+    if not shape:
+        raise InputError(f"{source}: input '{inp.name}' has no shape")
+    for axis, d in enumerate(shape):
+        if axis > 0 and not isinstance(d, int):
+            raise InputError(
+                f"{source}: input '{inp.name}' has dynamic dimension {d!r} at axis {axis}; only axis 0 (batch) may be dynamic"
+            )
+        if isinstance(d, int) and d <= 0:
+            raise InputError(f"{source}: input '{inp.name}' has dimension {d} at axis {axis}")
+    lw = _Lowerer(model, source)
+    lw.elem_type = elem
+    walk = lw.best_chain()
+    layers = walk.finish()
+    for node_idx in walk.nodes:
+        node = lw.nodes[node_idx]
+        for name in node.input:
+            c = lw.const(name)
+            if c is not None and np.issubdtype(c.dtype, np.floating) and not np.all(np.isfinite(c)):
+                raise InputError(f"{source}: {_node_label(node)} has NaN or Inf in constant '{name}'")
+    chain_nodes = set(walk.nodes)
+    # Constant nodes used only by the chain disappear with it.
+    for i, node in enumerate(lw.nodes):
+        if node.op_type == "Constant" and node.output and all(
+            u in chain_nodes for u in lw.consumers.get(node.output[0], [])
+        ) and node.output[0] not in lw.graph_outputs and lw.consumers.get(node.output[0]):
+            chain_nodes.add(i)
+    start_shape = value_shape(inp) if walk.start == inp.name else lw.shapes()[walk.start]
+    dtype = elem if walk.start == inp.name else lw._types.get(walk.start, elem)
+    if dtype not in SUPPORTED_FLOAT:
+        raise InputError(f"{source}: chain input '{walk.start}' is {elem_type_name(dtype)}")
+    main_nodes = [i for i in walk.nodes]
+    first = min(main_nodes)
+    ancestors = _ancestors(lw, walk.start)
+    ctx = OnnxContext(
+        model=model,
+        chain_nodes=frozenset(chain_nodes),
+        first_chain_node=first,
+        chain_input=walk.start,
+        input_layout=walk.start_layout,
+        input_shape=tuple(start_shape),
+        chain_output=walk.end,
+        output_layout=walk.layout,
+        output_shape=tuple(walk.shape),
+        dtype=dtype,
+        prefix_ops=[lw.nodes[i].op_type for i in sorted(ancestors)],
+        suffix_ops=[n.op_type for i, n in enumerate(lw.nodes) if i not in chain_nodes and i not in ancestors],
+        source=source,
+    )
+    return Network(layers=tuple(layers), input_size=walk.n_in, onnx=ctx)
+
+
+def _ancestors(lw: _Lowerer, tensor: str) -> set[int]:
+    producer = {out: i for i, n in enumerate(lw.nodes) for out in n.output}
+    seen: set[int] = set()
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        i = producer.get(t)
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        stack.extend(n for n in lw.nodes[i].input if n)
+    return seen
+
+
+def read(path: str | os.PathLike) -> Network:
+    """Load and lower an ONNX file."""
+    return lower(load_model(path), source=str(path))
+
+
+def has_prefix(net: Network) -> bool:
+    """True when the chain does not start at the model input (an opaque prefix computes it)."""
+    ctx = net.onnx
+    return ctx is not None and ctx.chain_input != real_inputs(ctx.model)[0].name
+
+
+def model_input_info(net: Network) -> tuple[str, tuple, int]:
+    """(name, shape, element type) of the model input."""
+    inp = real_inputs(net.onnx.model)[0]
+    return inp.name, value_shape(inp), inp.type.tensor_type.elem_type
+
+
+def model_input_features(net: Network) -> int:
+    """Number of features of one model-input sample (the size a domain box must have)."""
+    _, shape, _ = model_input_info(net)
+    dims = shape if len(shape) == 1 else shape[1:]
+    return int(prod(dims))
+

@@ -1,0 +1,181 @@
+"""The one place onnxruntime sessions are made and run.
+
+* CUDA is used only when its execution provider really loads (probed once, quietly); otherwise CPU,
+  with no error lines on a machine without a GPU.  ``device`` is ``auto``, ``cpu`` or ``cuda``.
+* ``Runner`` feeds a model flattened samples (N, features) in batches, reshaping them to the model
+  input.  Models whose input has a fixed batch of 1 are run with a symbolic batch when that is
+  proven to give the same outputs on a probe, else one sample per call.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from math import prod
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from .errors import InputError
+from .onnxio import SUPPORTED_FLOAT, real_inputs, value_shape
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _quiet_options() -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return so
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """True when onnxruntime's CUDA execution provider actually loads here (not just is listed)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    ort.set_default_logger_severity(4)  # a failed CUDA load would otherwise print error lines
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=[CUDA, CPU])
+        return sess.get_providers()[0] == CUDA
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def providers(device: str = "auto") -> list[str]:
+    if device not in DEVICES:
+        raise InputError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return [CPU]
+    if cuda_available():
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise InputError("--device cuda: onnxruntime's CUDA execution provider does not load on this machine")
+    return [CPU]
+
+
+def session(model: onnx.ModelProto | bytes, device: str = "auto") -> ort.InferenceSession:
+    """An inference session on the chosen device; ``InputError`` if onnxruntime refuses the model."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    provs = providers(device)
+    try:
+        return ort.InferenceSession(data, _quiet_options(), providers=provs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy whose input (and outputs) have a symbolic first dimension instead of a fixed 1."""
+    inp = real_inputs(model)[0]
+    shape = value_shape(inp)
+    if len(shape) < 2 or shape[0] != 1:
+        return None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name == inp.name or (len(dims) >= 1 and dims[0].HasField("dim_value") and dims[0].dim_value == 1):
+            if len(dims) >= 1:
+                dims[0].dim_param = "onnxcomp_batch"
+    del m.graph.value_info[:]
+    return m
+
+
+@dataclass
+class Runner:
+    """Runs one model on flattened samples, in batches, returning every graph output."""
+
+    sess: ort.InferenceSession
+    input_name: str
+    sample_shape: tuple  # shape of one sample (without the batch axis when there is one)
+    has_batch: bool
+    batchable: bool
+    np_dtype: type
+    output_names: list
+
+    @classmethod
+    def create(cls, model: onnx.ModelProto, device: str = "auto", output_names: list | None = None) -> "Runner":
+        inp = real_inputs(model)[0]
+        shape = value_shape(inp)
+        elem = inp.type.tensor_type.elem_type
+        np_dtype = SUPPORTED_FLOAT.get(elem, np.float32)
+        has_batch = len(shape) >= 2
+        sample_shape = tuple(shape[1:]) if has_batch else tuple(shape)
+        names = output_names or [o.name for o in model.graph.output]
+        batchable = has_batch and not (isinstance(shape[0], int))
+        sess = None
+        if has_batch and shape[0] == 1:
+            dyn = _with_dynamic_batch(model)
+            if dyn is not None:
+                try:
+                    sess = session(dyn, device)
+                    batchable = True
+                except InputError:
+                    sess = None
+        if sess is None:
+            sess = session(model, device)
+        runner = cls(sess, inp.name, sample_shape, has_batch, batchable, np_dtype, names)
+        if batchable and has_batch and isinstance(shape[0], int):
+            # The graph was written for batch 1: trust the batched copy only if it agrees.
+            if not runner._batched_agrees():
+                runner.sess, runner.batchable = session(model, device), False
+        return runner
+
+    @property
+    def features(self) -> int:
+        return int(prod(self.sample_shape)) if self.sample_shape else 1
+
+    def _batched_agrees(self) -> bool:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((3, self.features))
+        try:
+            together = self._run(x)
+            apart = [self._run(x[i : i + 1]) for i in range(3)]
+        except Exception:
+            return False
+        for j in range(len(together)):
+            joined = np.concatenate([a[j] for a in apart], axis=0)
+            if joined.shape != together[j].shape or not np.allclose(joined, together[j], rtol=1e-5, atol=1e-6):
+                return False
+        return True
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        feed = x.astype(self.np_dtype, copy=False).reshape((x.shape[0],) + self.sample_shape)
+        outs = self.sess.run(self.output_names, {self.input_name: feed})
+        return [np.asarray(o).reshape(x.shape[0], -1) if np.asarray(o).ndim >= 1 else np.asarray(o).reshape(1, 1) for o in outs]
+
+    def run(self, x: np.ndarray, batch_size: int = 4096) -> list[np.ndarray]:
+        """All outputs for samples ``x`` (N, features), each reshaped to (N, -1)."""
+        parts = list(self.iter_batches(x, batch_size))
+        if not parts:
+            return [np.empty((0, 0)) for _ in self.output_names]
+        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.output_names))]
+
+    def iter_batches(self, x: np.ndarray, batch_size: int = 4096) -> Iterator[list[np.ndarray]]:
+        x = np.asarray(x).reshape(-1, self.features)
+        if not self.batchable:
+            for i in range(x.shape[0]):
+                yield self._run_single(x[i])
+            return
+        for start in range(0, x.shape[0], batch_size):
+            yield self._run(x[start : start + batch_size])
+
+    def _run_single(self, row: np.ndarray) -> list[np.ndarray]:
+        if self.has_batch:
+            return self._run(row[None, :])
+        feed = row.astype(self.np_dtype).reshape(self.sample_shape)
+        outs = self.sess.run(self.output_names, {self.input_name: feed})
+        return [np.asarray(o).reshape(1, -1) for o in outs]

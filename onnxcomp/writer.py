@@ -1,0 +1,253 @@
+"""Network -> ONNX: the chain becomes ``Gemm(transB=1)`` (+ ``Relu``) nodes in the original graph.
+
+The nodes outside the chain, the model's input/output value infos (names, shapes, dynamic batch
+dimension, dtype), opset imports and metadata are copied from the input model untouched.  Weights
+are emitted in the model's dtype, as dense initializers, as sparse initializers when pruning made
+that smaller, or quantized (codebook + integer codes through ``Gather``, or per-channel int8 through
+``DequantizeLinear``).  ``onnx.checker`` runs on every model built here; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import __version__
+from .ir import Dense, Network
+from .onnxio import SUPPORTED_FLOAT, real_inputs
+from .reader import COLS, ROWS, VECTOR, OnnxContext
+
+PRE_PREFIX = "onnxcomp/pre/"
+"""Name prefix of the extra graph outputs exposing pre-activations (``expose_preactivations``)."""
+
+META_PREFIX = "onnxcomp."
+
+
+@functools.lru_cache(maxsize=1)
+def max_ir_version() -> int:
+    """The newest ONNX IR version the installed onnxruntime loads (probed once with a tiny model)."""
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:
+            continue
+    return 7
+
+
+def standalone_context(n_in: int, n_out: int, dtype: int = TensorProto.FLOAT) -> OnnxContext:
+    """A context for a network built in memory (tests, synthetic models): input ``input`` of shape
+    [batch, n_in], output ``output`` of shape [batch, n_out]."""
+    x = helper.make_tensor_value_info("input", dtype, ["batch", n_in])
+    y = helper.make_tensor_value_info("output", dtype, ["batch", n_out])
+    graph = helper.make_graph([], "onnxcomp", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return OnnxContext(
+        model=model, chain_nodes=frozenset(), first_chain_node=0, chain_input="input", input_layout=ROWS,
+        input_shape=("batch", n_in), chain_output="output", output_layout=ROWS, output_shape=("batch", n_out),
+        dtype=dtype, source="<memory>",
+    )
+
+
+class _Names:
+    """Fresh tensor/node names that cannot collide with anything already in the graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+        for n in g.node:
+            self.used.update(n.output)
+            self.used.update(n.input)
+            self.used.add(n.name)
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+
+def _weight_tensors(layer: Dense, k: int, np_dtype, names: _Names, opset: int):
+    """Nodes + (dense, sparse) initializers producing layer ``k``'s weight [out, in]; returns the
+    tensor name the Gemm reads."""
+    nodes, inits, sparse = [], [], []
+    w_name = names(f"onnxcomp.layer{k}.weight")
+    q = layer.quant
+    if q is not None and q.kind == "codebook":
+        cb, codes = names(f"onnxcomp.layer{k}.codebook"), names(f"onnxcomp.layer{k}.codes")
+        idx = names(f"onnxcomp.layer{k}.codes_int32")
+        inits.append(numpy_helper.from_array(np.asarray(q.codebook, dtype=np_dtype), cb))
+        inits.append(numpy_helper.from_array(np.asarray(q.codes, dtype=np.uint8), codes))
+        nodes.append(helper.make_node("Cast", [codes], [idx], to=TensorProto.INT32, name=names(f"onnxcomp/cast{k}")))
+        nodes.append(helper.make_node("Gather", [cb, idx], [w_name], axis=0, name=names(f"onnxcomp/gather{k}")))
+    elif q is not None and q.kind == "int8":
+        qn, sn, zn = (names(f"onnxcomp.layer{k}.{s}") for s in ("qweight", "scale", "zero_point"))
+        inits.append(numpy_helper.from_array(np.asarray(q.codes, dtype=np.int8), qn))
+        inits.append(numpy_helper.from_array(np.asarray(q.scale, dtype=np.float32), sn))
+        inits.append(numpy_helper.from_array(np.zeros(layer.n_out, dtype=np.int8), zn))
+        deq = w_name if np_dtype == np.float32 else names(f"onnxcomp.layer{k}.weight_f32")
+        nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [deq], axis=0, name=names(f"onnxcomp/dq{k}")))
+        if deq != w_name:
+            nodes.append(helper.make_node("Cast", [deq], [w_name], to=TensorProto.DOUBLE, name=names(f"onnxcomp/cast{k}")))
+    else:
+        w = np.asarray(layer.weight, dtype=np_dtype)
+        nnz = int(np.count_nonzero(w))
+        itemsize = np.dtype(np_dtype).itemsize
+        # COO with int64 linear indices costs (itemsize + 8) bytes per non-zero.
+        if w.size and nnz * (itemsize + 8) < 0.9 * w.size * itemsize:
+            flat = np.flatnonzero(w)
+            values = numpy_helper.from_array(w.reshape(-1)[flat], w_name)
+            indices = numpy_helper.from_array(flat.astype(np.int64), w_name + ".indices")
+            sparse.append(helper.make_sparse_tensor(values, indices, list(w.shape)))
+        else:
+            inits.append(numpy_helper.from_array(w, w_name))
+    return nodes, inits, sparse, w_name
+
+
+def to_model(
+    net: Network,
+    *,
+    expose_preactivations: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Build the ONNX model for ``net`` (the original graph with the chain replaced)."""
+    ctx: OnnxContext = net.onnx if net.onnx is not None else standalone_context(net.input_size, net.output_size)
+    src = ctx.model
+    g = src.graph
+    names = _Names(src)
+    np_dtype = SUPPORTED_FLOAT[ctx.dtype]
+    opset = max([o.version for o in src.opset_import if o.domain in ("", "ai.onnx")] or [13])
+    needs_opset = 13 if any(layer.quant is not None for layer in net.layers) else 7
+    opset = max(opset, needs_opset)
+
+    chain_nodes, chain_inits, chain_sparse, pre_outputs = [], [], [], []
+    cur = ctx.chain_input
+    if ctx.input_layout == ROWS and len(ctx.input_shape) > 2:
+        nxt = names("onnxcomp/flat")
+        chain_nodes.append(helper.make_node("Flatten", [cur], [nxt], axis=1, name=names("onnxcomp/flatten")))
+        cur = nxt
+    elif ctx.input_layout == VECTOR:
+        shp, nxt = names("onnxcomp/row_shape"), names("onnxcomp/row")
+        chain_inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), shp))
+        chain_nodes.append(helper.make_node("Reshape", [cur, shp], [nxt], name=names("onnxcomp/to_row")))
+        cur = nxt
+    elif ctx.input_layout == COLS:
+        nxt = names("onnxcomp/rows")
+        chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
+        cur = nxt
+
+    n = len(net.layers)
+    direct_out = ctx.output_layout == ROWS
+    for k, layer in enumerate(net.layers):
+        w_nodes, w_inits, w_sparse, w_name = _weight_tensors(layer, k, np_dtype, names, opset)
+        chain_nodes += w_nodes
+        chain_inits += w_inits
+        chain_sparse += w_sparse
+        b_name = names(f"onnxcomp.layer{k}.bias")
+        chain_inits.append(numpy_helper.from_array(np.asarray(layer.bias, dtype=np_dtype), b_name))
+        last = k == n - 1
+        direct = last and direct_out and not layer.is_relu and not expose_preactivations
+        pre = ctx.chain_output if direct else names(f"{PRE_PREFIX}{k}")
+        chain_nodes.append(helper.make_node("Gemm", [cur, w_name, b_name], [pre], transB=1, name=names(f"onnxcomp/gemm{k}")))
+        pre_outputs.append((pre, layer.n_out))
+        cur = pre
+        if layer.is_relu:
+            act = ctx.chain_output if (last and direct_out) else names(f"onnxcomp/act{k}")
+            chain_nodes.append(helper.make_node("Relu", [pre], [act], name=names(f"onnxcomp/relu{k}")))
+            cur = act
+    if direct_out and not net.layers[-1].is_relu and expose_preactivations:
+        chain_nodes.append(helper.make_node("Identity", [cur], [ctx.chain_output], name=names("onnxcomp/output")))
+    if ctx.output_layout == VECTOR:
+        shp = names("onnxcomp/vec_shape")
+        chain_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shp))
+        chain_nodes.append(helper.make_node("Reshape", [cur, shp], [ctx.chain_output], name=names("onnxcomp/to_vector")))
+    elif ctx.output_layout == COLS:
+        chain_nodes.append(helper.make_node("Transpose", [cur], [ctx.chain_output], perm=[1, 0], name=names("onnxcomp/to_cols")))
+
+    # Assemble: kept nodes in their original order, the new chain where the old one began.
+    kept = [node for i, node in enumerate(g.node) if i not in ctx.chain_nodes]
+    before = [node for i, node in enumerate(g.node) if i not in ctx.chain_nodes and i < ctx.first_chain_node]
+    after = kept[len(before):]
+    nodes = before + chain_nodes + after
+    used = _referenced_names(before + after)
+    inits = [t for t in g.initializer if t.name in used] + chain_inits
+    sparse_inits = [t for t in g.sparse_initializer if t.values.name in used] + chain_sparse
+    chain_internal = {o for i in ctx.chain_nodes for o in g.node[i].output} - {ctx.chain_output}
+    value_info = [vi for vi in g.value_info if vi.name not in chain_internal]
+    outputs = list(g.output)
+    if expose_preactivations:
+        batch = ctx.input_shape[0] if ctx.input_layout == ROWS else (ctx.input_shape[1] if ctx.input_layout == COLS else 1)
+        existing = {o.name for o in outputs}
+        for name, width in pre_outputs:
+            if name not in existing:
+                outputs.append(helper.make_tensor_value_info(name, ctx.dtype, [batch, width]))
+    graph = helper.make_graph(
+        nodes, g.name or "onnxcomp", list(real_inputs(src)), outputs, initializer=inits,
+        value_info=value_info, sparse_initializer=sparse_inits, doc_string=g.doc_string,
+    )
+    opsets = [helper.make_opsetid(o.domain, o.version) for o in src.opset_import if o.domain not in ("", "ai.onnx")]
+    opsets.insert(0, helper.make_opsetid("", opset))
+    ir = max(src.ir_version, 4, helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+    ir = min(ir, max_ir_version())
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir, producer_name="onnxcomp",
+                              producer_version=__version__, doc_string=src.doc_string)
+    model.model_version = src.model_version
+    meta = {p.key: p.value for p in src.metadata_props if not p.key.startswith(META_PREFIX)}
+    meta[META_PREFIX + "version"] = __version__
+    if src.producer_name and src.producer_name != "onnxcomp":
+        meta[META_PREFIX + "source_producer"] = src.producer_name
+    for key, value in (metadata or {}).items():
+        meta[META_PREFIX + key] = str(value)
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _referenced_names(nodes) -> set[str]:
+    """Every tensor name a node (or any subgraph inside it) reads."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for attr in node.attribute:
+            subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+            for sub in subgraphs:
+                names.update(_referenced_names(sub.node))
+    return names
+
+
+def save_atomic(model: onnx.ModelProto | bytes, path: str | os.PathLike) -> int:
+    """Write to a temporary file in the target folder, fsync, then rename over ``path``.
+
+    Either the complete new file is at ``path`` or nothing changed there.  Returns the byte size.
+    """
+    path = Path(path)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(data)
+
+
+def model_bytes(net: Network, **kwargs) -> bytes:
+    return to_model(net, **kwargs).SerializeToString()

@@ -1,0 +1,1 @@
+"""Analysis passes: they read a Network and return annotations, never touching weights."""

@@ -128,8 +128,12 @@ def _num(tok) -> float | None:
         return None
 
 
-def _boxes(expr, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Input boxes whose union over-approximates the input part of ``expr``."""
+def _boxes(expr, n: int, ignored: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Input boxes whose union over-approximates the input part of ``expr``.
+
+    A constraint on inputs that is not a bound of one input (e.g. ``(<= (+ X_0 X_1) 1)``) is dropped,
+    which only makes the box larger (still sound); it is appended to ``ignored`` so the user is told.
+    """
     free = [(np.full(n, -np.inf), np.full(n, np.inf))]
     if not isinstance(expr, list) or not expr:
         return free
@@ -137,13 +141,13 @@ def _boxes(expr, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     if head == "and":
         result = free
         for sub in expr[1:]:
-            parts = _boxes(sub, n)
+            parts = _boxes(sub, n, ignored)
             result = _unique([(np.maximum(alo, blo), np.minimum(ahi, bhi)) for alo, ahi in result for blo, bhi in parts])
         return result
     if head == "or":
         out = []
         for sub in expr[1:]:
-            out.extend(_boxes(sub, n))
+            out.extend(_boxes(sub, n, ignored))
         return _unique(out) or free
     if head in ("<=", ">=", "<", ">") and len(expr) == 3:
         a, b = expr[1], expr[2]
@@ -153,14 +157,24 @@ def _boxes(expr, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
             if m and val is not None:
                 i = int(m.group(1))
                 if i >= n:
-                    raise _VarOutOfRange(i)
+                    raise _BadVnnlib(f"constraint on X_{i} beyond the {n} inputs")
+                if np.isnan(val):
+                    raise _BadVnnlib(f"bound on X_{i} is NaN")
                 lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
                 if upper == var_is_left:
                     hi[i] = val
                 else:
                     lo[i] = val
                 return [(lo, hi)]
+    if _mentions_input(expr):
+        ignored.append(expr)
     return free
+
+
+def _mentions_input(expr) -> bool:
+    if isinstance(expr, list):
+        return any(_mentions_input(e) for e in expr)
+    return isinstance(expr, str) and _XVAR.match(expr) is not None
 
 
 def _unique(boxes: list) -> list:
@@ -173,8 +187,8 @@ def _unique(boxes: list) -> list:
     return out
 
 
-class _VarOutOfRange(Exception):
-    pass
+class _BadVnnlib(Exception):
+    """A constraint we must refuse (raised deep in the recursion, reported with the file name)."""
 
 
 def read_vnnlib(path: str, n_features: int) -> Box:
@@ -194,10 +208,11 @@ def read_vnnlib(path: str, n_features: int) -> Box:
     if len(declared) != n_features:
         raise InputError(f"--domain {path}: declares {len(declared)} inputs but the model takes {n_features}")
     asserts = [e[1] for e in exprs if isinstance(e, list) and len(e) == 2 and e[0] == "assert"]
+    ignored: list = []
     try:
-        boxes = _boxes(["and", *asserts], n_features)
-    except _VarOutOfRange as exc:
-        raise InputError(f"--domain {path}: constraint on X_{exc.args[0]} beyond the {n_features} inputs") from None
+        boxes = _boxes(["and", *asserts], n_features, ignored)
+    except _BadVnnlib as exc:
+        raise InputError(f"--domain {path}: {exc}") from None
     boxes = [(lo, hi) for lo, hi in boxes if np.all(lo <= hi)]
     if not boxes:
         raise InputError(f"--domain {path}: the input constraints are empty (no point satisfies them)")
@@ -208,5 +223,10 @@ def read_vnnlib(path: str, n_features: int) -> Box:
     unbounded = np.flatnonzero(~np.isfinite(lo) | ~np.isfinite(hi))
     if unbounded.size:
         raise InputError(f"--domain {path}: input X_{int(unbounded[0])} is unbounded")
-    note = f"vnnlib has {len(boxes)} input boxes (or); using their hull" if len(boxes) > 1 else ""
-    return Box(lo, hi, source=str(p), note=note)
+    notes = []
+    if len(boxes) > 1:
+        notes.append(f"vnnlib has {len(boxes)} input boxes (or); using their hull")
+    if ignored:
+        notes.append(f"{len(ignored)} input constraint(s) that are not bounds of one input ignored "
+                     f"(the box over-approximates the domain)")
+    return Box(lo, hi, source=str(p), note="; ".join(notes))

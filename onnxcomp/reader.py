@@ -11,10 +11,18 @@ What is absorbed into the chain (all folded exactly, in float64):
 * ``Flatten`` / ``Reshape`` / ``Squeeze`` / ``Unsqueeze`` / ``Transpose`` that only reorder the
   features of one sample, ``Identity`` and inference-mode ``Dropout``.
 
+Constants are initializers, ``Constant`` nodes, or nodes computed from constants only (a weight
+written as ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold; evaluated here with the ONNX
+reference runtime); such nodes used only by the chain disappear with it.
+
+The model input's axis 0 is the batch (a 1-D input has none): a chain starts at the input or at a
+tensor inside the graph that keeps that batch axis, so every lowered layer maps one sample to one
+sample.  A [features, batch] layout is reached only through a Transpose inside the chain.
+
 Everything else is left alone: the nodes before the chain (e.g. a convolutional feature extractor)
 and after it (e.g. Softmax/ArgMax) are written back untouched by the writer.  The chain chosen is
-the one with the most linear layers.  A model with none is an ``InputError`` naming the op that
-stops the chain on the path from the model input.
+the one with the most linear layers.  A model with none is an ``InputError`` naming the op (or the
+tensor read by several nodes) that stops the chain on the path from the model input.
 """
 
 from __future__ import annotations
@@ -201,6 +209,47 @@ class _Walk:
         self.shape, self.layout = tuple(new_shape), new_layout
 
 
+# Ops whose value is computed here when all their inputs are constants (a weight written as
+# ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold constants).  Deliberately only ops that
+# cannot grow a tensor much and are deterministic; elementwise ops are also size-checked.
+_FOLDABLE = frozenset({
+    "Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Neg", "Abs", "Sqrt",
+    "Reciprocal", "Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather",
+})
+_FOLD_MAX_ELEMENTS = 1 << 24
+
+
+def _fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
+    """The outputs of ``node`` evaluated on the constant ``args`` (ONNX reference semantics), or None."""
+    if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
+        return None
+    arrays = [np.asarray(a) for a in args]
+    if node.op_type in ("Add", "Sub", "Mul", "Div", "Concat"):
+        total = sum(a.size for a in arrays) if node.op_type == "Concat" else None
+        if total is None:
+            try:
+                total = int(prod(np.broadcast_shapes(*(a.shape for a in arrays))))
+            except ValueError:
+                return None
+        if total > _FOLD_MAX_ELEMENTS:
+            return None
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
+    feeds = {n: a for n, a in zip([n for n in names if n], arrays)}
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+              for n, a in feeds.items()]
+    outs = [f"out{i}" for i in range(len(node.output))]
+    one = onnx.helper.make_node(node.op_type, names, outs, domain=node.domain)
+    one.attribute.extend(node.attribute)
+    graph = onnx.helper.make_graph([one], "fold", inputs, [onnx.helper.make_empty_tensor_value_info(o) for o in outs])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    try:
+        return list(ReferenceEvaluator(model).run(None, feeds))
+    except Exception:  # an op the reference runtime cannot evaluate on these values: not a constant then
+        return None
+
+
 class _Lowerer:
     def __init__(self, model: onnx.ModelProto, source: str):
         self.model = model
@@ -208,6 +257,15 @@ class _Lowerer:
         self.graph = model.graph
         self.consts = constant_values(model)
         self.nodes = list(self.graph.node)
+        self.folded: set[int] = set()
+        opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [13])
+        for i, node in enumerate(self.nodes):
+            if node.op_type == "Constant" or not node.input or not all(n in self.consts for n in node.input if n):
+                continue
+            values = _fold_constant(node, [self.consts[n] for n in node.input if n], opset)
+            if values is not None and len(values) == len(node.output):
+                self.folded.add(i)
+                self.consts.update({name: v for name, v in zip(node.output, values) if name})
         self.consumers: dict[str, list[int]] = {}
         for i, node in enumerate(self.nodes):
             for name in node.input:
@@ -246,6 +304,12 @@ class _Lowerer:
         while True:
             users = self.consumers.get(current, [])
             if current in self.graph_outputs or len(users) != 1:
+                # The chain cannot absorb a tensor someone else also reads; say so if nothing was lowered.
+                if current in self.graph_outputs and users:
+                    state.stop_reason = f"tensor '{current}', a graph output that also feeds other nodes"
+                elif len(users) > 1:
+                    ops = ", ".join(self.nodes[i].op_type for i in users)
+                    state.stop_reason = f"tensor '{current}', which feeds {len(users)} nodes ({ops})"
                 break
             idx = users[0]
             node = self.nodes[idx]
@@ -285,6 +349,8 @@ class _Lowerer:
             if a.get("to") != self.elem_type:
                 raise _Stop("Cast to another type")
         elif op == "Dropout":
+            if ins[0] != data:
+                raise _Stop("the chain tensor is not Dropout's data input")
             if len(ins) > 2 and ins[2]:
                 mode = self.const(ins[2])
                 if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
@@ -332,6 +398,8 @@ class _Lowerer:
         ins = list(node.input)
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
+        if len(ins) > 2 and ins[2] == data:
+            raise _Stop("the chain tensor is Gemm's bias C")
         if st.layout == VECTOR or len(st.shape) != 2:
             raise _Stop("Gemm needs a 2-D tensor")
         if ins[0] == data:  # Y = data' @ B'  with data' = [N, in]
@@ -406,6 +474,8 @@ class _Lowerer:
         batch = st.shape[st.batch_axis] if st.batch_axis is not None else 1
         if st.layout == COLS:
             raise _Stop("reshape of a [features, batch] tensor")
+        if len(target) == 0:
+            raise _Stop("reshape to a scalar")
         if len(target) == 1:
             if st.layout == VECTOR or batch == 1:
                 if target[0] in (-1, feats):
@@ -427,7 +497,8 @@ class _Lowerer:
         if not head_is_batch:
             raise _Stop("reshape that changes the batch axis")
         if free == 0 and prod(tail_known) != feats:
-            raise _Stop("reshape to a different number of features")
+            raise _Stop(f"reshape that mixes the batch and the features (target {list(target)} for {feats} "
+                        f"features per sample)")
         if free > 1 or (free == 1 and head == -1):
             if not (head == -1 and free == 0):
                 raise _Stop("ambiguous reshape")
@@ -452,32 +523,44 @@ class _Lowerer:
 
     # ---- choosing the chain ------------------------------------------------------------------
     def candidates(self):
-        """(tensor name, shape) of every place a chain might start."""
+        """(tensor name, shape) of every place a chain might start.
+
+        The model input's axis 0 is the batch (rank >= 2) or there is no batch axis (rank 1): that is
+        how samples are fed and how a domain box is sized.  A tensor inside the graph can start a
+        chain only when it keeps that batch axis, i.e. its axis 0 is the input's axis 0 (same size or
+        same symbol); a tensor whose axis 0 mixes samples and features (``Reshape(x, [-1, 2])``) is
+        not a batch of samples.
+        """
         inputs = real_inputs(self.model)
-        yield inputs[0].name, value_shape(inputs[0])
+        in_shape = value_shape(inputs[0])
+        yield inputs[0].name, in_shape
         shapes = self.shapes()
         for node in self.nodes:
             for out in node.output[:1]:
-                if out in shapes and out not in self.consts:
-                    yield out, shapes[out]
+                if out not in shapes or out in self.consts or not shapes[out]:
+                    continue
+                shape = shapes[out]
+                same_batch = (len(shape) == 1) if len(in_shape) == 1 else (len(shape) >= 2 and shape[0] == in_shape[0])
+                if same_batch:
+                    yield out, shape
 
     def best_chain(self) -> _Walk:
         best, first_stop = None, None
         for k, (name, shape) in enumerate(self.candidates()):
             if not shape:
                 continue
-            layouts = [VECTOR] if len(shape) == 1 else ([ROWS, COLS] if len(shape) == 2 else [ROWS])
-            for layout in layouts:
-                try:
-                    walk = self.walk(name, shape, layout)
-                except _Stop:
-                    continue
-                walk.start = name
-                walk.start_layout = layout
-                if k == 0 and first_stop is None:
-                    first_stop = walk
-                if walk.n_linear and (best is None or (walk.n_linear, len(walk.nodes)) > (best.n_linear, len(best.nodes))):
-                    best = walk
+            # A [features, batch] layout is only ever reached through a Transpose inside the walk.
+            layout = VECTOR if len(shape) == 1 else ROWS
+            try:
+                walk = self.walk(name, shape, layout)
+            except _Stop:
+                continue
+            walk.start = name
+            walk.start_layout = layout
+            if k == 0 and first_stop is None:
+                first_stop = walk
+            if walk.n_linear and (best is None or (walk.n_linear, len(walk.nodes)) > (best.n_linear, len(best.nodes))):
+                best = walk
         if best is None:
             where = ""
             if first_stop is not None and getattr(first_stop, "stop_reason", None):
@@ -531,11 +614,15 @@ def lower(model: onnx.ModelProto, source: str = "model") -> Network:
             if c is not None and np.issubdtype(c.dtype, np.floating) and not np.all(np.isfinite(c)):
                 raise InputError(f"{source}: {_node_label(node)} has NaN or Inf in constant '{name}'")
     chain_nodes = set(walk.nodes)
-    # Constant nodes used only by the chain disappear with it.
-    for i, node in enumerate(lw.nodes):
-        if node.op_type == "Constant" and node.output and all(
-            u in chain_nodes for u in lw.consumers.get(node.output[0], [])
-        ) and node.output[0] not in lw.graph_outputs and lw.consumers.get(node.output[0]):
+    # Nodes computing constants (Constant, folded Transpose/Cast/...) used only by the chain disappear
+    # with it; walking backwards catches a constant computed from another one.
+    for i in range(len(lw.nodes) - 1, -1, -1):
+        node = lw.nodes[i]
+        if node.op_type != "Constant" and i not in lw.folded:
+            continue
+        outs = [o for o in node.output if o]
+        users = [u for o in outs for u in lw.consumers.get(o, [])]
+        if users and all(u in chain_nodes for u in users) and not any(o in lw.graph_outputs for o in outs):
             chain_nodes.add(i)
     start_shape = value_shape(inp) if walk.start == inp.name else lw.shapes()[walk.start]
     dtype = elem if walk.start == inp.name else lw._types.get(walk.start, elem)

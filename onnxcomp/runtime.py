@@ -4,7 +4,8 @@
   with no error lines on a machine without a GPU.  ``device`` is ``auto``, ``cpu`` or ``cuda``.
 * ``Runner`` feeds a model flattened samples (N, features) in batches, reshaping them to the model
   input.  Models whose input has a fixed batch of 1 are run with a symbolic batch when that is
-  proven to give the same outputs on a probe, else one sample per call.
+  proven to give the same outputs on a probe, else one sample per call; a fixed batch B > 1 gets
+  B samples per call (the last call padded).
 """
 
 from __future__ import annotations
@@ -66,12 +67,35 @@ def providers(device: str = "auto") -> list[str]:
     return [CPU]
 
 
+# onnxruntime's MatMulScaleFusion folds a Mul/Div by a scalar into FusedMatMul's ``alpha``, a float32
+# attribute: a float64 model then loses precision down to float32 (seen with onnxruntime 1.31).
+_FLOAT64_UNSAFE_OPTIMIZERS = ["MatMulScaleFusion"]
+
+
+def _has_float64_input(model: onnx.ModelProto) -> bool:
+    inputs = real_inputs(model)
+    return bool(inputs) and inputs[0].type.tensor_type.elem_type == TensorProto.DOUBLE
+
+
 def session(model: onnx.ModelProto | bytes, device: str = "auto") -> ort.InferenceSession:
-    """An inference session on the chosen device; ``InputError`` if onnxruntime refuses the model."""
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    """An inference session on the chosen device; ``InputError`` if onnxruntime refuses the model.
+
+    Float64 models are run without the optimizers that would round their constants to float32.
+    """
+    if isinstance(model, bytes):
+        data, m = model, None
+    else:
+        data, m = model.SerializeToString(), model
+    if m is None:
+        m = onnx.ModelProto()
+        try:
+            m.ParseFromString(data)
+        except Exception:
+            m = None
+    disabled = _FLOAT64_UNSAFE_OPTIMIZERS if m is not None and _has_float64_input(m) else None
     provs = providers(device)
     try:
-        return ort.InferenceSession(data, _quiet_options(), providers=provs)
+        return ort.InferenceSession(data, _quiet_options(), providers=provs, disabled_optimizers=disabled)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"onnxruntime cannot load the model: {first}") from None
@@ -96,7 +120,14 @@ def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
 
 @dataclass
 class Runner:
-    """Runs one model on flattened samples, in batches, returning every graph output."""
+    """Runs one model on flattened samples, in batches, returning every graph output.
+
+    ``group`` is how many samples one call must get: 1 for a 1-D input (no batch axis) or when the
+    model runs batched, else the fixed batch size of the input (a last partial group is padded with
+    copies of its last sample, whose outputs are dropped).  ``output_batch_axes[j]`` is the axis of
+    output ``j`` that carries the samples (the input's symbolic batch dim when it appears elsewhere
+    than axis 0, e.g. a [classes, N] output); outputs are returned as (N, -1) in sample order.
+    """
 
     sess: ort.InferenceSession
     input_name: str
@@ -105,6 +136,8 @@ class Runner:
     batchable: bool
     np_dtype: type
     output_names: list
+    group: int = 1
+    output_batch_axes: tuple = ()
 
     @classmethod
     def create(cls, model: onnx.ModelProto, device: str = "auto", output_names: list | None = None) -> "Runner":
@@ -116,6 +149,8 @@ class Runner:
         sample_shape = tuple(shape[1:]) if has_batch else tuple(shape)
         names = output_names or [o.name for o in model.graph.output]
         batchable = has_batch and not (isinstance(shape[0], int))
+        group = shape[0] if has_batch and isinstance(shape[0], int) and shape[0] > 1 else 1
+        axes = _output_batch_axes(model, names, shape[0] if has_batch else None)
         sess = None
         if has_batch and shape[0] == 1:
             dyn = _with_dynamic_batch(model)
@@ -127,7 +162,7 @@ class Runner:
                     sess = None
         if sess is None:
             sess = session(model, device)
-        runner = cls(sess, inp.name, sample_shape, has_batch, batchable, np_dtype, names)
+        runner = cls(sess, inp.name, sample_shape, has_batch, batchable, np_dtype, names, group, axes)
         if batchable and has_batch and isinstance(shape[0], int):
             # The graph was written for batch 1: trust the batched copy only if it agrees.
             if not runner._batched_agrees():
@@ -155,7 +190,14 @@ class Runner:
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         feed = x.astype(self.np_dtype, copy=False).reshape((x.shape[0],) + self.sample_shape)
         outs = self.sess.run(self.output_names, {self.input_name: feed})
-        return [np.asarray(o).reshape(x.shape[0], -1) if np.asarray(o).ndim >= 1 else np.asarray(o).reshape(1, 1) for o in outs]
+        result = []
+        for j, o in enumerate(outs):
+            o = np.asarray(o)
+            axis = self.output_batch_axes[j] if j < len(self.output_batch_axes) else 0
+            if o.ndim > axis > 0 and o.shape[axis] == x.shape[0]:
+                o = np.moveaxis(o, axis, 0)
+            result.append(o.reshape(x.shape[0], -1) if o.ndim >= 1 else o.reshape(1, 1))
+        return result
 
     def run(self, x: np.ndarray, batch_size: int = 4096) -> list[np.ndarray]:
         """All outputs for samples ``x`` (N, features), each reshaped to (N, -1)."""
@@ -166,16 +208,33 @@ class Runner:
 
     def iter_batches(self, x: np.ndarray, batch_size: int = 4096) -> Iterator[list[np.ndarray]]:
         x = np.asarray(x).reshape(-1, self.features)
-        if not self.batchable:
+        if self.batchable:
+            for start in range(0, x.shape[0], batch_size):
+                yield self._run(x[start : start + batch_size])
+        elif not self.has_batch:
             for i in range(x.shape[0]):
                 yield self._run_single(x[i])
-            return
-        for start in range(0, x.shape[0], batch_size):
-            yield self._run(x[start : start + batch_size])
+        else:
+            for start in range(0, x.shape[0], self.group):
+                part = x[start : start + self.group]
+                n = part.shape[0]
+                if n < self.group:
+                    part = np.concatenate([part, np.repeat(part[-1:], self.group - n, axis=0)])
+                yield [o[:n] for o in self._run(part)]
 
     def _run_single(self, row: np.ndarray) -> list[np.ndarray]:
-        if self.has_batch:
-            return self._run(row[None, :])
         feed = row.astype(self.np_dtype).reshape(self.sample_shape)
         outs = self.sess.run(self.output_names, {self.input_name: feed})
         return [np.asarray(o).reshape(1, -1) for o in outs]
+
+
+def _output_batch_axes(model: onnx.ModelProto, names: list, batch) -> tuple:
+    """For each output, the axis holding the input's symbolic batch dim (0 when absent or unknown)."""
+    if not isinstance(batch, str):
+        return tuple(0 for _ in names)
+    shapes = {o.name: value_shape(o) for o in model.graph.output}
+    axes = []
+    for name in names:
+        dims = shapes.get(name, ())
+        axes.append(dims.index(batch) if batch in dims and dims.count(batch) == 1 else 0)
+    return tuple(axes)

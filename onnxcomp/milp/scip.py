@@ -1,0 +1,216 @@
+"""SCIP backend (pyscipopt): the default, open-source solver.
+
+The ISA loop runs inside one SCIP solve (ISA Algorithm 1, §5.1-5.2):
+
+* a constraint handler checks every candidate solution: its input goes to the oracle (a real forward
+  pass); a solution whose indicators still claim a state that is now witnessed (or that the forward
+  pass does not confirm) is rejected, and during enforcement the indicator's upper bound is set to 0
+  globally (lazy-constraint style).  Only solutions with every indicator 0 are ever accepted, so the
+  solver's final optimality/infeasibility proof certifies that no remaining indicator can be 1;
+* a heuristic after every node LP hands the LP solution's input to the oracle (ISA §5.2): the forward
+  pass turns it into a real point whose states are recorded;
+* a propagator applies the pending bound changes and stops the solve once nothing is left to prove.
+
+Restarts and dual reductions are disabled so that the plugins see one consistent search and no
+reduction assumes the problem is fixed.  SCIP runs single-threaded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from pyscipopt import SCIP_HEURTIMING, SCIP_PROPTIMING, SCIP_RESULT, Conshdlr, Heur, Model, Prop, quicksum
+
+from . import IsaOutcome, OptOutcome
+from .formulation import BIN, ReluMilp
+
+NAME = "scip"
+
+
+def _build(milp: ReluMilp, time_limit: float | None) -> tuple[Model, list]:
+    model = Model("onnxcomp")
+    model.hideOutput()
+    model.setParam("presolving/maxrestarts", 0)
+    # The ISA plugins change the problem during the search (indicators of witnessed states are forced
+    # to 0), so reductions that reason about optimal solutions of the original problem are unsafe.
+    model.setParam("misc/allowstrongdualreds", False)
+    model.setParam("misc/allowweakdualreds", False)
+    if time_limit is not None:
+        model.setParam("limits/time", max(float(time_limit), 0.01))
+    inf = model.infinity()
+    xs = []
+    for j in range(milp.n_vars):
+        vt = "B" if milp.vtype[j] == BIN else "C"
+        lb = -inf if not np.isfinite(milp.lb[j]) else milp.lb[j]
+        ub = inf if not np.isfinite(milp.ub[j]) else milp.ub[j]
+        xs.append(model.addVar(name=milp.names[j], vtype=vt, lb=lb, ub=ub))
+    for r in milp.rows:
+        expr = quicksum(float(c) * xs[int(i)] for i, c in zip(r.idx, r.coef))
+        if np.isfinite(r.lhs) and np.isfinite(r.rhs) and r.lhs == r.rhs:
+            model.addCons(expr == r.rhs)
+        else:
+            if np.isfinite(r.lhs):
+                model.addCons(expr >= r.lhs)
+            if np.isfinite(r.rhs):
+                model.addCons(expr <= r.rhs)
+    obj = quicksum(float(c) * xs[int(i)] for i, c in milp.objective.items()) + milp.constant
+    model.setObjective(obj, "maximize" if milp.maximize else "minimize")
+    return model, xs
+
+
+class _Shared:
+    """State shared by the plugins of one ISA solve."""
+
+    def __init__(self, milp: ReluMilp, xs: list, oracle):
+        self.oracle = oracle
+        self.inputs = [xs[int(i)] for i in milp.inputs]
+        self.p = {key: xs[v] for key, v in milp.p_vars.items()}
+        self.q = {key: xs[v] for key, v in milp.q_vars.items()}
+        self.tightened: set = set()
+        self.solutions = 0
+        self.lp_inputs = 0
+
+    def x0(self, model: Model, sol) -> np.ndarray:
+        return np.array([model.getSolVal(sol, v) for v in self.inputs])
+
+    def examine(self, model: Model, sol) -> list:
+        """Observe the solution's input; return the indicator variables it wrongly sets to 1."""
+        self.oracle.observe(self.x0(model, sol))
+        bad = []
+        for table, is_open, kind in ((self.p, self.oracle.p_open, "p"), (self.q, self.oracle.q_open, "q")):
+            for key, var in table.items():
+                if model.getSolVal(sol, var) > 0.5:
+                    if is_open(key):  # the forward pass does not confirm the claimed state
+                        self.oracle.reject(key, kind)
+                    bad.append((key, kind, var))
+        return bad
+
+    def pending(self) -> list:
+        out = []
+        for table, is_open, kind in ((self.p, self.oracle.p_open, "p"), (self.q, self.oracle.q_open, "q")):
+            for key, var in table.items():
+                if (kind, key) not in self.tightened and not is_open(key):
+                    out.append((key, kind, var))
+        return out
+
+    def tighten(self, model: Model, items: list) -> bool:
+        changed = False
+        for key, kind, var in items:
+            if (kind, key) in self.tightened:
+                continue
+            self.tightened.add((kind, key))
+            infeasible, tightened = model.tightenVarUbGlobal(var, 0.0)
+            changed = changed or tightened or infeasible
+        return changed
+
+
+class _IsaConshdlr(Conshdlr):
+    def __init__(self, shared: _Shared):
+        self.s = shared
+
+    def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason, completely):
+        self.s.solutions += 1
+        bad = self.s.examine(self.model, solution)
+        return {"result": SCIP_RESULT.INFEASIBLE if bad else SCIP_RESULT.FEASIBLE}
+
+    def _enforce(self):
+        bad = self.s.examine(self.model, None)
+        if not bad:
+            return {"result": SCIP_RESULT.FEASIBLE}
+        self.s.tighten(self.model, bad + self.s.pending())
+        return {"result": SCIP_RESULT.REDUCEDDOM}
+
+    def consenfolp(self, constraints, nusefulconss, solinfeasible):
+        return self._enforce()
+
+    def consenfops(self, constraints, nusefulconss, solinfeasible, objinfeasible):
+        return self._enforce()
+
+    def conslock(self, constraint, locktype, nlockspos, nlocksneg):
+        for var in list(self.s.p.values()) + list(self.s.q.values()):
+            self.model.addVarLocksType(var, locktype, nlocksneg, nlockspos)
+
+
+class _LpInputHeur(Heur):
+    """ISA §5.2: the node LP's input, pushed through the network, is a real point to learn from."""
+
+    def __init__(self, shared: _Shared):
+        self.s = shared
+
+    def heurexec(self, heurtiming, nodeinfeasible):
+        if self.model.getLPSolstat() == 1:  # optimal LP
+            self.s.lp_inputs += 1
+            self.s.oracle.observe(self.s.x0(self.model, None))
+            if self.s.oracle.finished():
+                self.model.interruptSolve()
+        return {"result": SCIP_RESULT.DIDNOTFIND}
+
+
+class _TightenProp(Prop):
+    def __init__(self, shared: _Shared):
+        self.s = shared
+
+    def propexec(self, proptiming):
+        if self.s.oracle.finished():
+            self.model.interruptSolve()
+            return {"result": SCIP_RESULT.DIDNOTFIND}
+        items = self.s.pending()
+        if items and self.s.tighten(self.model, items):
+            return {"result": SCIP_RESULT.REDUCEDDOM}
+        return {"result": SCIP_RESULT.DIDNOTFIND}
+
+
+class ScipBackend:
+    """pyscipopt / SCIP."""
+
+    name = NAME
+    threads = 1
+
+    def solve_isa(self, milp: ReluMilp, oracle, time_limit: float | None = None, threads: int | None = None,
+                  start: np.ndarray | None = None) -> IsaOutcome:
+        t0 = time.perf_counter()
+        if oracle.finished() or not (milp.p_vars or milp.q_vars):
+            return IsaOutcome(True, "nothing to prove", 0.0, solver=NAME)
+        model, xs = _build(milp, time_limit)
+        model.setObjIntegral()
+        shared = _Shared(milp, xs, oracle)
+        model.includeConshdlr(_IsaConshdlr(shared), "onnxcomp_isa", "ISA witness bookkeeping",
+                              enfopriority=-1_000_000, chckpriority=-1_000_000, needscons=False)
+        model.includeHeur(_LpInputHeur(shared), "onnxcomp_lpinput", "forward pass of LP inputs", "I",
+                          priority=1_000_000, freq=1, timingmask=SCIP_HEURTIMING.AFTERLPNODE)
+        model.includeProp(_TightenProp(shared), "onnxcomp_tighten", "fix indicators of witnessed states",
+                          presolpriority=0, presolmaxrounds=0, proptiming=SCIP_PROPTIMING.BEFORELP,
+                          priority=1_000_000, freq=1)
+        if start is not None:
+            sol = model.createSol()
+            for var, value in zip(xs, start):
+                model.setSolVal(sol, var, float(value))
+            model.addSol(sol)
+        model.optimize()
+        status = model.getStatus()
+        nodes = int(model.getNNodes())
+        # With a feasible start (all indicators 0) only "optimal" is a proof; "infeasible" would be
+        # numerical trouble, never a certificate.
+        proven = status == "optimal" or oracle.finished()
+        return IsaOutcome(proven, status, time.perf_counter() - t0, nodes, shared.solutions, shared.lp_inputs, NAME)
+
+    def optimize(self, milp: ReluMilp, time_limit: float | None = None, threads: int | None = None) -> OptOutcome:
+        t0 = time.perf_counter()
+        model, xs = _build(milp, time_limit)
+        model.optimize()
+        status = model.getStatus()
+        bound = value = None
+        x0 = None
+        if status in ("optimal", "timelimit", "gaplimit", "nodelimit", "userinterrupt"):
+            try:
+                bound = float(model.getDualbound())
+            except Exception:
+                bound = None
+            if model.getNSols() > 0:
+                sol = model.getBestSol()
+                value = float(model.getSolObjVal(sol))
+                x0 = np.array([model.getSolVal(sol, xs[int(i)]) for i in milp.inputs])
+        elif status == "infeasible":
+            bound = -np.inf if milp.maximize else np.inf
+        return OptOutcome(status, bound, value, time.perf_counter() - t0, NAME, x0)

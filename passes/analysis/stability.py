@@ -1,0 +1,341 @@
+"""``milp``: prove the remaining neurons stable, or find the inputs that show they are not.
+
+Methods (``--stability-method``):
+
+* ``isa`` (ISA, Algorithm 1): ONE MILP over the whole network whose objective counts the ReLU states
+  not yet witnessed (indicators ``p``/``q``, formulation (7)-(12)); every solution and every node-LP input
+  is pushed through a float64 forward pass, the states it witnesses leave the objective, and when the
+  solver proves the optimum is 0 the neurons still in P are stably inactive and those in Q stably
+  active.  Big-M constants are the sound bounds of the ``bounds`` pass (or intervals).
+* ``split``: branch and bound over the input box (as alpha-beta-CROWN and nnenum do): the box is bisected
+  and CROWN bounds are recomputed on the pieces until every open neuron is settled on every piece (a
+  proof) or witnessed.  Strong when the input has few dimensions (ACAS Xu has 5).
+* ``per-neuron``: the baseline of the paper, two MILPs per neuron (max and min of its pre-activation),
+  layer by layer, each layer's new exact bounds tightening the next layer's formulation.
+* ``auto``: ``split`` first (with part of the time) for inputs of at most 8 dimensions, then ``isa``.
+
+Numerics (the epsilon policy).  A MILP solution is trusted only if a float64 forward pass of its input
+confirms the claimed state; an unconfirmed claim is never counted as a witness and never lets the
+neuron be removed (it is kept, as "ambiguous").  The indicators carry a margin
+``eps_i = 1e-5 * max(1, |l_i|, |u_i|)`` (ten times SCIP's feasibility tolerance on that row's scale), so
+a MILP certificate states "no input of the domain reaches ``y >= eps_i``" (or ``y <= -eps_i``).  A
+neuron removed on such a certificate may have a pre-activation in ``(0, eps_i)`` somewhere; the
+``fold`` pass reports the resulting worst-case output error bound (``stable.epsilon_error_bound``).
+Bounds and split proofs are exact (epsilon 0).  Time limits and solver failures leave neurons undecided,
+and undecided neurons are kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from onnxcomp.errors import UsageError
+from onnxcomp.ir import Network
+from onnxcomp.milp import select
+from onnxcomp.milp.formulation import build, solution_from_input, violations
+from onnxcomp.pipeline import ANALYSIS, Context, register
+
+from .bounds import crown_bounds, interval_bounds
+from .stability_state import Findings, StabilityState, merge
+
+EPS_REL = 1e-5
+DEFAULT_TIME_LIMIT = 600.0
+SPLIT_MAX_DIMS = 8
+
+
+def margins(lower: list, upper: list) -> list:
+    return [EPS_REL * np.maximum(1.0, np.maximum(np.abs(l), np.abs(u))) for l, u in zip(lower, upper)]
+
+
+class WitnessOracle:
+    """Float64 forward passes of candidate inputs (clipped into the box); records witnessed states."""
+
+    def __init__(self, net: Network, lo: np.ndarray, hi: np.ndarray, state: StabilityState, n_layers: int,
+                 p_set: list, q_set: list):
+        self.net, self.lo, self.hi, self.n_layers = net, lo, hi, n_layers
+        self.seen_active = [a.copy() for a in state.seen_active]
+        self.seen_inactive = [a.copy() for a in state.seen_inactive]
+        self.p_keys = {(k, int(i)) for k in range(n_layers) for i in np.flatnonzero(p_set[k])}
+        self.q_keys = {(k, int(i)) for k in range(n_layers) for i in np.flatnonzero(q_set[k])}
+        self.rejected_p: set = set()
+        self.rejected_q: set = set()
+        self.observed = 0
+
+    def observe(self, x0: np.ndarray) -> None:
+        x = np.clip(np.asarray(x0, dtype=np.float64).reshape(1, -1), self.lo, self.hi)
+        _, pres = self.net.forward(x, preactivations=True)
+        self.observed += 1
+        for k in range(self.n_layers):
+            self.seen_active[k] |= pres[k][0] > 0
+            self.seen_inactive[k] |= pres[k][0] < 0
+
+    def p_open(self, key) -> bool:
+        return key not in self.rejected_p and not self.seen_active[key[0]][key[1]]
+
+    def q_open(self, key) -> bool:
+        return key not in self.rejected_q and not self.seen_inactive[key[0]][key[1]]
+
+    def reject(self, key, kind: str) -> None:
+        (self.rejected_p if kind == "p" else self.rejected_q).add(key)
+
+    def finished(self) -> bool:
+        return not any(self.p_open(k) for k in self.p_keys) and not any(self.q_open(k) for k in self.q_keys)
+
+
+def _masks(net: Network, n_layers: int, fn) -> list:
+    return [fn(k) if net.layers[k].is_relu else np.zeros(net.layers[k].n_out, bool) for k in range(n_layers)]
+
+
+def _ensure_bounds(net: Network, ctx: Context, state: StabilityState) -> tuple[list, list]:
+    if state.lower is not None:
+        return state.lower, state.upper
+    lo, hi = ctx.box.lo[None, :], ctx.box.hi[None, :]
+    b = interval_bounds(net, lo, hi) if ctx.opt("bounds_method", "crown") == "interval" else crown_bounds(net, lo, hi)
+    return [x[0] for x in b.lower], [x[0] for x in b.upper]
+
+
+def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+    """ISA: one MILP for all remaining neurons (see module docstring)."""
+    n_layers = len(net.layers) - 1
+    lower, upper = _ensure_bounds(net, ctx, state)
+    p_set = _masks(net, n_layers, state.need_active_witness)
+    q_set = _masks(net, n_layers, state.need_inactive_witness)
+    last = max([k + 1 for k in range(n_layers) if p_set[k].any() or q_set[k].any()], default=0)
+    eps = margins(lower, upper)
+    oracle = WitnessOracle(net, ctx.box.lo, ctx.box.hi, state, n_layers, p_set, q_set)
+    findings = Findings(source="milp", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
+                        fingerprint=net.fingerprint())
+    if last == 0:
+        entry.update({"status": "nothing to prove", "solver": None})
+        return findings
+    milp = build(net.layers, ctx.box.lo, ctx.box.hi, lower, upper, state.proven_inactive, state.proven_active,
+                 last, p_set, q_set, eps)
+    start = _checked_start(milp, net, ctx)
+    sel = select(ctx.opt("solver", "auto"), milp)
+    outcome = sel.backend.solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
+    if outcome.status.startswith("error") and sel.name != "scip":
+        from onnxcomp.milp.scip import ScipBackend
+
+        sel.note = (sel.note + "; " if sel.note else "") + f"{sel.name} failed ({outcome.note}); reran with SCIP"
+        outcome = ScipBackend().solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
+    entry.update({
+        "solver": outcome.solver, "status": outcome.status, "milp_seconds": round(outcome.seconds, 3),
+        "nodes": outcome.nodes, "solutions_checked": outcome.solutions_seen, "lp_inputs": outcome.lp_inputs_seen,
+        "variables": milp.n_vars, "binaries": milp.n_binary, "rows": len(milp.rows), "threads": outcome_threads(sel),
+    })
+    if sel.note:
+        entry["solver_note"] = sel.note
+        ctx.warn(f"milp: {sel.note}")
+    if outcome.proven:
+        findings.proven_inactive = [np.array([oracle.p_open((k, i)) and p_set[k][i] for i in range(net.layers[k].n_out)])
+                                    for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, bool)]
+        findings.proven_active = [np.array([oracle.q_open((k, i)) and q_set[k][i] for i in range(net.layers[k].n_out)])
+                                  for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, bool)]
+        findings.epsilon = eps
+    ambiguous = sorted(oracle.rejected_p | oracle.rejected_q)
+    if ambiguous:
+        entry["ambiguous"] = [{"layer": net.layers[k].layer_id, "neuron": net.layers[k].neuron_ids[i]} for k, i in ambiguous]
+    return findings
+
+
+def _checked_start(milp, net: Network, ctx: Context) -> np.ndarray:
+    """The forward-pass point of the box centre; it must satisfy the formulation, else the formulation
+    (or its bounds) is wrong and nothing may be proven with it."""
+    centre = (ctx.box.lo + ctx.box.hi) / 2
+    start = solution_from_input(milp, net.layers, centre)
+    bad = violations(milp, start)
+    if bad:
+        raise RuntimeError(f"MILP formulation inconsistent with the network ({bad} rows violated by a forward pass)")
+    return start
+
+
+def outcome_threads(sel) -> int:
+    return int(getattr(sel.backend, "threads", 1) or 1)
+
+
+def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+    """Input-space branch and bound with CROWN bounds on the pieces (see module docstring)."""
+    start = time.perf_counter()
+    n_layers = len(net.layers) - 1
+    lo0, hi0 = ctx.box.lo, ctx.box.hi
+    width0 = np.where(hi0 > lo0, hi0 - lo0, 1.0)
+    seen_a = [a.copy() for a in state.seen_active]
+    seen_i = [a.copy() for a in state.seen_inactive]
+    p_set = _masks(net, n_layers, state.need_active_witness)
+    q_set = _masks(net, n_layers, state.need_inactive_witness)
+    relu = [net.layers[k].is_relu for k in range(n_layers)]
+    sizes = [net.layers[k].n_out for k in range(n_layers)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    def flat(masks):
+        return np.concatenate(masks) if masks else np.zeros(0, bool)
+
+    p_flat, q_flat = flat(p_set), flat(q_set)
+    stack = [(lo0.copy(), hi0.copy(), p_flat.copy(), q_flat.copy())]
+    boxes = 0
+    batch = int(ctx.opt("split_batch", 256))
+    max_boxes = int(ctx.opt("split_max_boxes", 2_000_000))
+    timed_out = False
+    while stack:
+        if time.perf_counter() - start > time_limit or boxes > max_boxes:
+            timed_out = True
+            break
+        chunk, stack = stack[-batch:], stack[:-batch]
+        lo = np.stack([c[0] for c in chunk])
+        hi = np.stack([c[1] for c in chunk])
+        b = crown_bounds(net, lo, hi, upto=n_layers)
+        upper = np.concatenate([b.upper[k] for k in range(n_layers)], axis=1)
+        lower = np.concatenate([b.lower[k] for k in range(n_layers)], axis=1)
+        centre = (lo + hi) / 2
+        _, pres = net.forward(centre, preactivations=True)
+        for k in range(n_layers):
+            seen_a[k] |= (pres[k] > 0).any(axis=0)
+            seen_i[k] |= (pres[k] < 0).any(axis=0)
+        sa, si = flat(seen_a[:n_layers]), flat(seen_i[:n_layers])
+        boxes += len(chunk)
+        for r, (clo, chi, cp, cq) in enumerate(chunk):
+            open_p = cp & ~sa & (upper[r] > 0)
+            open_q = cq & ~si & (lower[r] < 0)
+            if not (open_p.any() or open_q.any()):
+                continue
+            # split the dimension with the largest width relative to the original box
+            d = int(np.argmax((chi - clo) / width0))
+            mid = (clo[d] + chi[d]) / 2
+            left_hi, right_lo = chi.copy(), clo.copy()
+            left_hi[d], right_lo[d] = mid, mid
+            stack.append((clo, left_hi, open_p, open_q))
+            stack.append((right_lo, chi, open_p, open_q))
+    sa, si = flat(seen_a[:n_layers]), flat(seen_i[:n_layers])
+    still_p = np.zeros_like(p_flat)
+    still_q = np.zeros_like(q_flat)
+    for _, _, cp, cq in stack:
+        still_p |= cp
+        still_q |= cq
+    proven_in = p_flat & ~sa & ~still_p
+    proven_act = q_flat & ~si & ~still_q
+    unflat = lambda v: [v[offsets[k]:offsets[k + 1]] & relu[k] for k in range(n_layers)]  # noqa: E731
+    tail = [np.zeros(net.layers[-1].n_out, bool)]
+    entry.update({"split_boxes": boxes, "split_seconds": round(time.perf_counter() - start, 3),
+                  "split_complete": not timed_out})
+    return Findings(source="split", seen_active=seen_a, seen_inactive=seen_i,
+                    proven_inactive=unflat(proven_in) + tail, proven_active=unflat(proven_act) + tail,
+                    fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out})
+
+
+def per_neuron(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+    """The baseline: max and min of every open neuron's pre-activation by MILP, layer by layer, with the
+    exact bounds of earlier layers feeding the big-M of later ones."""
+    start = time.perf_counter()
+    n_layers = len(net.layers) - 1
+    lower, upper = _ensure_bounds(net, ctx, state)
+    lower = [l.copy() for l in lower]
+    upper = [u.copy() for u in upper]
+    inactive = [a.copy() for a in state.proven_inactive]
+    active = [a.copy() for a in state.proven_active]
+    eps = margins(lower, upper)
+    proven_in = [np.zeros(l.n_out, bool) for l in net.layers]
+    proven_act = [np.zeros(l.n_out, bool) for l in net.layers]
+    seen_a = [a.copy() for a in state.seen_active]
+    seen_i = [a.copy() for a in state.seen_inactive]
+    solves = 0
+    complete = True
+    solver = None
+    for k in range(n_layers):
+        if not net.layers[k].is_relu:
+            continue
+        milp = build(net.layers, ctx.box.lo, ctx.box.hi, lower, upper, inactive, active, k + 1)
+        sel = select(ctx.opt("solver", "auto"), milp)
+        solver = sel.name
+        for i in range(net.layers[k].n_out):
+            if inactive[k][i] or active[k][i]:
+                continue
+            idx, coef, const = milp.pre[k][i]
+            for sense in ("max", "min"):
+                if (sense == "max" and seen_a[k][i]) or (sense == "min" and seen_i[k][i]):
+                    continue
+                remaining = time_limit - (time.perf_counter() - start)
+                if remaining <= 0:
+                    complete = False
+                    break
+                milp.objective = {int(j): float(c) for j, c in zip(idx, coef)}
+                milp.constant = const
+                milp.maximize = sense == "max"
+                out = sel.backend.optimize(milp, remaining, ctx.opt("threads"))
+                solves += 1
+                if out.x0 is not None:
+                    x = np.clip(out.x0, ctx.box.lo, ctx.box.hi)[None, :]
+                    _, pres = net.forward(x, preactivations=True)
+                    for j in range(n_layers):
+                        seen_a[j] |= pres[j][0] > 0
+                        seen_i[j] |= pres[j][0] < 0
+                if out.bound is None or out.status not in ("optimal", "infeasible"):
+                    complete = False
+                    continue
+                if sense == "max":
+                    upper[k][i] = min(upper[k][i], out.bound)
+                    if out.bound < eps[k][i] and not seen_a[k][i]:
+                        proven_in[k][i] = True
+                else:
+                    lower[k][i] = max(lower[k][i], out.bound)
+                    if out.bound > -eps[k][i] and not seen_i[k][i]:
+                        proven_act[k][i] = True
+        inactive[k] |= proven_in[k]
+        active[k] |= proven_act[k] & ~proven_in[k]
+    entry.update({"solver": solver, "milp_solves": solves, "status": "complete" if complete else "timelimit",
+                  "milp_seconds": round(time.perf_counter() - start, 3)})
+    return Findings(source="milp", seen_active=seen_a, seen_inactive=seen_i, proven_inactive=proven_in,
+                    proven_active=proven_act, lower=lower, upper=upper, epsilon=eps, fingerprint=net.fingerprint())
+
+
+METHODS = ("auto", "isa", "split", "per-neuron")
+
+
+@register("milp", ANALYSIS, "prove the remaining neurons stable with one MILP (ISA; or input splitting / per-neuron MILPs)",
+          paper="ISA Algorithm 1, formulation (7)-(12)")
+def run(net: Network, ctx: Context) -> Findings:
+    if ctx.box is None:
+        raise UsageError("needs --domain")
+    method = ctx.opt("stability_method", "auto")
+    if method not in METHODS:
+        raise UsageError(f"--stability-method {method!r}: expected one of {', '.join(METHODS)}")
+    time_limit = float(ctx.opt("time_limit", DEFAULT_TIME_LIMIT))
+    start = time.perf_counter()
+    entry: dict = {"method": method, "time_limit": time_limit}
+    annotations = dict(ctx.annotations)
+    state = merge(net, annotations)
+    results: list[Findings] = []
+    if method == "split" or (method == "auto" and ctx.box.size <= SPLIT_MAX_DIMS):
+        share = time_limit if method == "split" else time_limit / 2
+        found = split(net, ctx, state, share, entry)
+        results.append(found)
+        annotations["milp:split"] = found
+        state = merge(net, annotations)
+    if method in ("isa", "auto"):
+        remaining = max(time_limit - (time.perf_counter() - start), 0.01)
+        found = isa(net, ctx, state, remaining, entry)
+        results.append(found)
+        annotations["milp:isa"] = found
+        state = merge(net, annotations)
+    elif method == "per-neuron":
+        found = per_neuron(net, ctx, state, time_limit, entry)
+        results.append(found)
+        annotations["milp:per-neuron"] = found
+        state = merge(net, annotations)
+    combined = _combine(net, results)
+    counts = state.counts(net)
+    entry.update(counts)
+    entry["seconds_total"] = round(time.perf_counter() - start, 3)
+    entry["message"] = (f"{counts['stably_inactive']} stably inactive, {counts['stably_active']} stably active, "
+                        f"{counts['unstable']} unstable, {counts['undecided']} undecided"
+                        + (f" ({entry.get('solver')}: {entry.get('status')})" if entry.get("status") else ""))
+    ctx.entry.update(entry)
+    return combined
+
+
+def _combine(net: Network, results: list) -> Findings:
+    """One annotation holding the findings of every method this pass ran (proof sources kept)."""
+    if len(results) == 1:
+        return results[0]
+    return Findings(source="milp", fingerprint=net.fingerprint(), parts=list(results))

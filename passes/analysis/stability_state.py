@@ -1,0 +1,144 @@
+"""What is known about every ReLU neuron's state over the domain, merged from the stability analyses.
+
+Vocabulary (ISA paper §4): a neuron is *stably inactive* when ``y <= 0`` for every input of the
+domain, *stably active* when ``y >= 0`` for every input, otherwise *unstable*.  A witness (an input of
+the domain where ``y > 0`` or ``y < 0``) disproves one of the two; only a certificate (a bounds proof or
+a MILP optimality proof) proves one.  Neurons with neither are *undecided* and are always kept.
+
+Each analysis returns ``Findings``; ``merge`` combines them (and the ``sample`` pass's in-domain
+witnesses) in the order the passes ran.  A certificate contradicted by a witness is never used: the
+neuron is kept and a warning says so (this can only come from float rounding at ``y == 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxcomp.ir import Network
+
+ACTIVE, INACTIVE = "active", "inactive"
+
+
+@dataclass
+class Findings:
+    """What one stability analysis established, per layer (aligned with the network it analysed).
+
+    ``seen_active``/``seen_inactive``: witnesses (inputs of the domain with y > 0 / y < 0).
+    ``proven_inactive``/``proven_active``: certificates.  ``lower``/``upper``: sound bounds when known.
+    ``epsilon``: for MILP certificates, the margin used (no input reaches y >= epsilon / y <= -epsilon,
+    up to the solver's tolerances); 0 for exact proofs.
+    """
+
+    source: str
+    seen_active: list | None = None
+    seen_inactive: list | None = None
+    proven_inactive: list | None = None
+    proven_active: list | None = None
+    lower: list | None = None
+    upper: list | None = None
+    epsilon: list | None = None
+    fingerprint: str = ""
+    details: dict = field(default_factory=dict)
+    parts: list | None = None
+
+    def flatten(self) -> list:
+        """This finding, or the findings it is made of (one per method a pass ran)."""
+        return [f for p in self.parts for f in p.flatten()] if self.parts else [self]
+
+
+@dataclass
+class StabilityState:
+    """The merged knowledge, per layer of the analysed network."""
+
+    seen_active: list
+    seen_inactive: list
+    proven_inactive: list
+    proven_active: list
+    proof: list  # per layer: array of str (which analysis certified the neuron, "" if none)
+    epsilon: list  # per layer: margin of the certificate (0 = exact)
+    lower: list | None
+    upper: list | None
+    conflicts: list = field(default_factory=list)
+
+    def undecided(self, k: int) -> np.ndarray:
+        return ~(self.proven_inactive[k] | self.proven_active[k]) & ~(self.seen_active[k] & self.seen_inactive[k])
+
+    def need_active_witness(self, k: int) -> np.ndarray:
+        """Neurons never seen active and not yet proven inactive (ISA's set P)."""
+        return ~self.seen_active[k] & ~self.proven_inactive[k] & ~self.proven_active[k]
+
+    def need_inactive_witness(self, k: int) -> np.ndarray:
+        """Neurons never seen inactive and not yet proven active (ISA's set Q)."""
+        return ~self.seen_inactive[k] & ~self.proven_active[k] & ~self.proven_inactive[k]
+
+    def counts(self, net: Network) -> dict:
+        hidden = [k for k in range(len(net.layers) - 1) if net.layers[k].is_relu]
+        return {
+            "stably_inactive": int(sum(self.proven_inactive[k].sum() for k in hidden)),
+            "stably_active": int(sum((self.proven_active[k] & ~self.proven_inactive[k]).sum() for k in hidden)),
+            "unstable": int(sum((self.seen_active[k] & self.seen_inactive[k]).sum() for k in hidden)),
+            "undecided": int(sum(self.undecided(k).sum() for k in hidden)),
+        }
+
+
+def empty_state(net: Network) -> StabilityState:
+    z = [np.zeros(layer.n_out, dtype=bool) for layer in net.layers]
+    return StabilityState(
+        seen_active=[a.copy() for a in z], seen_inactive=[a.copy() for a in z],
+        proven_inactive=[a.copy() for a in z], proven_active=[a.copy() for a in z],
+        proof=[np.full(layer.n_out, "", dtype=object) for layer in net.layers],
+        epsilon=[np.zeros(layer.n_out) for layer in net.layers], lower=None, upper=None,
+    )
+
+
+def merge(net: Network, annotations: dict) -> StabilityState:
+    """Combine the witnesses and certificates of every stability analysis that ran on ``net``."""
+    st = empty_state(net)
+    fp = net.fingerprint()
+    for name, ann in annotations.items():
+        if hasattr(ann, "seen_active") and callable(getattr(ann, "seen_active")):  # ActivationStats from `sample`
+            if len(ann.layers) != len(net.layers) or any(s.width != l.n_out for s, l in zip(ann.layers, net.layers)):
+                continue
+            for k in range(len(net.layers)):
+                st.seen_active[k] |= ann.seen_active(k)
+                st.seen_inactive[k] |= ann.seen_inactive(k)
+            continue
+        if not isinstance(ann, Findings):
+            continue
+        for part in ann.flatten():
+            if not part.fingerprint or part.fingerprint == fp:
+                _absorb(st, part, len(net.layers))
+    # A witness beats a certificate: keep the neuron (only float rounding at y == 0 can cause this).
+    for k in range(len(net.layers)):
+        bad_in = st.proven_inactive[k] & st.seen_active[k]
+        bad_act = st.proven_active[k] & st.seen_inactive[k]
+        for i in np.flatnonzero(bad_in | bad_act):
+            st.conflicts.append((k, int(i)))
+        st.proven_inactive[k] &= ~bad_in
+        st.proven_active[k] &= ~bad_act
+    return st
+
+
+def _absorb(st: StabilityState, ann: Findings, n_layers: int) -> None:
+    """Add one analysis's witnesses, certificates and bounds to the merged state."""
+    for k in range(n_layers):
+        for seen, attr in ((ann.seen_active, "seen_active"), (ann.seen_inactive, "seen_inactive")):
+            if seen is not None and k < len(seen):
+                getattr(st, attr)[k] |= seen[k]
+        for proven, attr in ((ann.proven_inactive, "proven_inactive"), (ann.proven_active, "proven_active")):
+            if proven is None or k >= len(proven):
+                continue
+            new = proven[k] & ~getattr(st, attr)[k]
+            getattr(st, attr)[k] |= proven[k]
+            st.proof[k][new] = ann.source
+            if ann.epsilon is not None:
+                st.epsilon[k][new] = np.maximum(st.epsilon[k][new], ann.epsilon[k][new])
+    if ann.lower is not None:
+        if st.lower is None:
+            st.lower = [l.copy() for l in ann.lower]
+            st.upper = [u.copy() for u in ann.upper]
+        else:
+            st.lower = [np.maximum(a, b) for a, b in zip(st.lower, ann.lower)]
+            st.upper = [np.minimum(a, b) for a, b in zip(st.upper, ann.upper)]

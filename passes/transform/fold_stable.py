@@ -1,0 +1,259 @@
+"""``fold`` (LEO++): the exact rewrites that stability makes possible, all layers at once.
+
+* stably inactive neuron · Dense -> its row of ``W^l, b^l`` and its column of ``W^{l+1}`` deleted;
+* neuron with zero incoming weights -> the constant ``act(b_i)`` moved into the next layer's bias;
+  neuron with zero outgoing weights -> deleted;
+* stably active set S of a layer that still has unstable neurons -> ``x_S`` is affine in the layer input,
+  so rows of ``W_S`` that depend linearly on a basis B (``W_D = K W_B``) are deleted after moving their
+  outgoing weights onto the basis (``W^{l+1}[:, B] += W^{l+1}[:, D] K``,
+  ``b^{l+1} += W^{l+1}[:, D] (b_D - K b_B)``); dependence is accepted only when the reconstruction
+  residual is at float64 round-off level;
+* layer with no unstable neuron left (all stably active, or a linear layer) · Dense -> one Dense
+  (``W^{l+1}_S W^l_S``, ``b^{l+1} + W^{l+1}_S b^l_S``) when that does not add parameters; otherwise its
+  ReLU is dropped (it is the identity on the domain);
+* a network that becomes constant on the domain is emitted as such, with a warning.
+
+Everything is exact on the domain in real arithmetic; the written model differs only by float
+reassociation, which the verification step measures.  Removals certified by a MILP with a margin
+epsilon (see ``passes/analysis/stability.py``) contribute to ``stable.epsilon_error_bound``, a
+worst-case bound on the output change they can cause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from onnxcomp.errors import UsageError
+from onnxcomp.ir import LINEAR, RELU, Dense, Network
+from onnxcomp.pipeline import TRANSFORM, Context, register
+from passes.analysis.stability_state import StabilityState, merge
+
+RANK_TOL = 1e-10
+
+
+@dataclass
+class _Layer:
+    w: np.ndarray
+    b: np.ndarray
+    act: str
+    ids: list
+    layer_id: int
+    source: str
+    inactive: np.ndarray
+    active: np.ndarray
+    proof: np.ndarray
+    eps: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.w, self.b = self.w[mask], self.b[mask]
+        self.ids = [i for i, m in zip(self.ids, mask) if m]
+        self.inactive, self.active = self.inactive[mask], self.active[mask]
+        self.proof, self.eps = self.proof[mask], self.eps[mask]
+
+    @property
+    def affine(self) -> bool:
+        """No unstable neuron: the layer's output is an affine function of its input on the domain."""
+        return self.act == LINEAR or bool(np.all(self.active))
+
+
+class _Folder:
+    def __init__(self, net: Network, st: StabilityState):
+        self.layers: list[_Layer] = []
+        for k, l in enumerate(net.layers):
+            hidden = k < len(net.layers) - 1 and l.is_relu
+            self.layers.append(_Layer(
+                l.weight.copy(), l.bias.copy(), l.activation, list(l.neuron_ids), l.layer_id, l.source,
+                st.proven_inactive[k].copy() if hidden else np.zeros(l.n_out, bool),
+                (st.proven_active[k] & ~st.proven_inactive[k]).copy() if hidden else np.zeros(l.n_out, bool),
+                st.proof[k].copy(), st.epsilon[k].copy()))
+        self.removed: list[dict] = []
+        self.folded_layers: list[dict] = []
+
+    def log(self, layer: _Layer, idx, state: str, proof: str, eps=None) -> None:
+        for i in np.atleast_1d(idx):
+            self.removed.append({"layer": layer.layer_id, "neuron": layer.ids[int(i)], "state": state,
+                                 "proof": proof if proof else str(layer.proof[int(i)]),
+                                 "epsilon": float(layer.eps[int(i)] if eps is None else eps)})
+
+    def hidden(self):
+        return range(len(self.layers) - 1)
+
+    # ---- rewrites ----------------------------------------------------------------------------
+    def drop_inactive(self) -> bool:
+        changed = False
+        for k in self.hidden():
+            lay, nxt = self.layers[k], self.layers[k + 1]
+            gone = np.flatnonzero(lay.inactive)
+            if gone.size:
+                self.log(lay, gone, "stably_inactive", "")
+                keep = ~lay.inactive
+                lay.keep(keep)
+                nxt.w = nxt.w[:, keep]
+                changed = True
+        return changed
+
+    def drop_constant_and_unused(self) -> bool:
+        changed = False
+        for k in self.hidden():
+            lay, nxt = self.layers[k], self.layers[k + 1]
+            if lay.w.shape[0] == 0:
+                continue
+            const = np.flatnonzero(~lay.w.any(axis=1))
+            unused = np.flatnonzero(~nxt.w.any(axis=0))
+            if const.size:
+                value = np.maximum(lay.b[const], 0.0) if lay.act == RELU else lay.b[const]
+                nxt.b = nxt.b + nxt.w[:, const] @ value
+                self.log(lay, const, "constant", "zero incoming weights", eps=0.0)
+            rest = np.setdiff1d(unused, const)
+            if rest.size:
+                self.log(lay, rest, "unused", "zero outgoing weights", eps=0.0)
+            gone = np.union1d(const, unused)
+            if gone.size:
+                keep = np.ones(lay.w.shape[0], bool)
+                keep[gone] = False
+                lay.keep(keep)
+                nxt.w = nxt.w[:, keep]
+                changed = True
+        return changed
+
+    def reduce_active_rank(self) -> bool:
+        changed = False
+        for k in self.hidden():
+            lay, nxt = self.layers[k], self.layers[k + 1]
+            if lay.affine:
+                continue  # the whole layer folds instead
+            s = np.flatnonzero(lay.active)
+            if s.size < 2:
+                continue
+            ws = lay.w[s]
+            # Greedy basis of the rows of W_S: QR with column pivoting on W_S^T.
+            _, r, piv = scipy.linalg.qr(ws.T, mode="economic", pivoting=True)
+            diag = np.abs(np.diag(r))
+            if diag.size == 0 or diag[0] == 0:
+                continue
+            rank = int(np.sum(diag > diag[0] * max(ws.shape) * np.finfo(float).eps * 16))
+            if rank >= s.size:
+                continue
+            basis, dep = s[np.sort(piv[:rank])], s[np.sort(piv[rank:])]
+            k_mat, *_ = np.linalg.lstsq(lay.w[basis].T, lay.w[dep].T, rcond=None)
+            k_mat = k_mat.T  # W_D ~= K W_B
+            resid = np.abs(lay.w[dep] - k_mat @ lay.w[basis]).max()
+            scale = np.abs(lay.w[s]).max()
+            if resid > RANK_TOL * max(scale, 1e-300):
+                continue
+            nxt.b = nxt.b + nxt.w[:, dep] @ (lay.b[dep] - k_mat @ lay.b[basis])
+            nxt.w[:, basis] += nxt.w[:, dep] @ k_mat
+            self.log(lay, dep, "stably_active", "rank")
+            keep = np.ones(lay.w.shape[0], bool)
+            keep[dep] = False
+            lay.keep(keep)
+            nxt.w = nxt.w[:, keep]
+            changed = True
+        return changed
+
+    def fold_affine_layers(self) -> bool:
+        for k in self.hidden():
+            lay, nxt = self.layers[k], self.layers[k + 1]
+            if not lay.affine:
+                continue
+            n_prev, n_mid, n_next = lay.w.shape[1], lay.w.shape[0], nxt.w.shape[0]
+            before = n_mid * (n_prev + 1) + n_next * (n_mid + 1)
+            after = n_next * (n_prev + 1)
+            if after <= before:
+                for i in range(n_mid):
+                    self.log(lay, i, "stably_active" if lay.act == RELU else "linear",
+                             "" if lay.act == RELU else "linear layer folded")
+                self.folded_layers.append({"layer": lay.layer_id, "into": nxt.layer_id})
+                nxt.b = nxt.b + nxt.w @ lay.b
+                nxt.w = nxt.w @ lay.w
+                del self.layers[k]
+                return True
+            if lay.act == RELU:
+                lay.act = LINEAR  # ReLU is the identity on the domain for every neuron left
+                return True
+        return False
+
+    def run(self) -> None:
+        self.drop_inactive()
+        while True:
+            if self.drop_constant_and_unused() or self.reduce_active_rank() or self.fold_affine_layers():
+                continue
+            break
+
+    def network(self, net: Network) -> tuple[Network, bool]:
+        last = self.layers[-1]
+        if last.w.shape[1] == 0:  # every path to the output was cut: the function is a constant
+            const = Dense(np.zeros((last.w.shape[0], net.input_size)), last.b, last.act, last.layer_id, last.ids,
+                          last.source)
+            return Network((const,), net.input_size, net.onnx, dict(net.meta)), True
+        dense = [Dense(l.w, l.b, l.act, l.layer_id, l.ids, l.source) for l in self.layers]
+        return Network(tuple(dense), net.input_size, net.onnx, dict(net.meta)), False
+
+
+def epsilon_error_bound(net: Network, st: StabilityState) -> float:
+    """Worst-case |output change| caused by removals certified with a margin epsilon > 0.
+
+    A neuron proven stably inactive up to eps contributes at most eps to its layer's output, one
+    proven stably active up to eps at most eps (``relu(y) - y <= eps``); the perturbation is pushed
+    through ``|W|`` of the later layers (ReLU is 1-Lipschitz)."""
+    delta = np.zeros(net.input_size)
+    for k, layer in enumerate(net.layers):
+        pre = np.abs(layer.weight) @ delta
+        if k == len(net.layers) - 1:
+            return float(pre.max(initial=0.0))
+        certified = st.proven_inactive[k] | st.proven_active[k]
+        delta = pre + np.where(certified, st.epsilon[k], 0.0)
+    return 0.0
+
+
+def stability_report(net: Network, st: StabilityState, removed: list, folded: list, solver_info: dict) -> dict:
+    layers = []
+    for k, layer in enumerate(net.layers[:-1]):
+        ids = np.asarray(layer.neuron_ids)
+        unstable = st.seen_active[k] & st.seen_inactive[k]
+        layers.append({
+            "layer": layer.layer_id,
+            "activation": layer.activation,
+            "width": layer.n_out,
+            "inactive": ids[st.proven_inactive[k]].tolist() if layer.is_relu else [],
+            "active": ids[st.proven_active[k] & ~st.proven_inactive[k]].tolist() if layer.is_relu else [],
+            "undecided": ids[st.undecided(k)].tolist() if layer.is_relu else [],
+            "unstable": int(unstable.sum()) if layer.is_relu else 0,
+        })
+    for entry in removed:
+        entry.update(solver_info if entry["proof"] == "milp" else {})
+    totals = st.counts(net)
+    totals["removed_neurons"] = sum(1 for r in removed)
+    return {"layers": layers, "removed": removed, "folded_layers": folded, "totals": totals,
+            "epsilon_error_bound": epsilon_error_bound(net, st), "conflicts": [
+                {"layer": net.layers[k].layer_id, "neuron": net.layers[k].neuron_ids[i]} for k, i in st.conflicts]}
+
+
+@register("fold", TRANSFORM, "LEO++: delete stably inactive neurons, merge stably active ones, fold affine layers",
+          paper="ISA Appendix A5 (LEO++)")
+def run(net: Network, ctx: Context) -> Network:
+    from passes.analysis.stability_state import Findings
+
+    if not any(isinstance(a, Findings) or hasattr(a, "seen_active") for a in ctx.annotations.values()):
+        raise UsageError("needs the stability analyses first (use -p stable)")
+    st = merge(net, ctx.annotations)
+    folder = _Folder(net, st)
+    folder.run()
+    new, constant = folder.network(net)
+    milp_entry = next((e for e in reversed(ctx.log) if e.get("name") == "milp"), {})
+    solver_info = {k: milp_entry.get(k) for k in ("solver", "status", "milp_seconds") if milp_entry.get(k) is not None}
+    report = stability_report(net, st, folder.removed, folder.folded_layers, solver_info)
+    if constant:
+        ctx.warn("the network is constant on the domain; emitted as a constant")
+        report["constant"] = True
+    if st.conflicts:
+        ctx.warn(f"{len(st.conflicts)} neurons proven stable but witnessed otherwise in float32 sampling; kept")
+    ctx.extra["stable"] = report
+    ctx.entry.update({"removed_neurons": len(folder.removed), "folded_layers": len(folder.folded_layers),
+                      "widths_before": net.widths, "widths_after": new.widths,
+                      "epsilon_error_bound": report["epsilon_error_bound"],
+                      "message": f"widths {net.widths} -> {new.widths}, {len(folder.removed)} neurons removed"})
+    return new

@@ -18,7 +18,8 @@ import onnx
 from . import __version__
 from .data import labels_from_data_file, load_data, load_labels
 from .domain import check_box, parse_domain
-from .errors import InputError, UsageError, VerificationFailed
+from .errors import BudgetNotMet, InputError, UsageError, VerificationFailed
+from .fidelity import Budget, assess_run
 from .ir import Box
 from .onnxio import load_model, real_inputs, value_shape
 from .pipeline import REGISTRY, Context, PassManager, Progress, expand
@@ -134,6 +135,8 @@ def compile_model(model_path: str, passes: str, out_path: str, opts: RunOptions,
         )
     if box is None and data is None:
         raise UsageError("give --domain or --data (verification needs inputs)")
+    budget = Budget.from_options(opts.pass_options)
+    budget.check_usage([n for n in names if not REGISTRY[n].exact], data is not None, labels is not None)
     ctx = Context(box=box, data=data, labels=labels, seed=opts.seed, device=opts.device,
                   options=dict(opts.pass_options, samples=opts.samples, corners=opts.corners),
                   progress=progress or Progress())
@@ -158,15 +161,24 @@ def compile_model(model_path: str, passes: str, out_path: str, opts: RunOptions,
         meta["stable"] = json.dumps(ctx.extra["stable"].get("totals", {}), separators=(",", ":"))
     candidate = to_model(new_net, metadata=meta)
     cand_bytes = candidate.SerializeToString()
-    result = verify_models(model, candidate, box=box, data=data, samples=opts.samples, corners=opts.corners,
+    # Exact runs must match the original.  Lossy runs (issue 4) must match the transformed IR written with
+    # plain dense weights (the writer check), and their fidelity to the original is measured and budgeted.
+    reference = model if exact else to_model(new_net, plain_weights=True)
+    result = verify_models(reference, candidate, box=box, data=data, samples=opts.samples, corners=opts.corners,
                            seed=opts.seed, atol=opts.atol, rtol=opts.rtol, device=opts.device)
-    report.verification = result.to_dict()
+    report.verification = dict(result.to_dict(), against="original" if exact else "transformed network (writer check)")
     report.model["after"] = model_summary(new_net, len(cand_bytes))
-    if not result.passed:
+    assessment = assess_run(model, candidate, data, labels, budget, exact=exact, seed=opts.seed, device=opts.device,
+                            latency_inputs=None if data is not None or box is None else box.sample(1024, ctx.rng(7)))
+    report.fidelity, report.latency_ms = assessment.fidelity, assessment.latency_ms
+    if not result.passed or assessment.violations:
         report.output = None
         if opts.report:
             report.write(opts.report)
-        err = VerificationFailed(f"verification failed, nothing written: {result.summary()}")
+        if result.passed:
+            err = BudgetNotMet(f"budget not met on the held-out half, nothing written: {'; '.join(assessment.violations)}")
+        else:
+            err = VerificationFailed(f"verification failed, nothing written: {result.summary()}")
         err.report = report
         raise err
     save_atomic(cand_bytes, out)

@@ -103,10 +103,38 @@ def _print_run(report) -> None:
     for entry in report.passes:
         extra = entry.get("message", "")
         out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {extra}")
+    fid = report.fidelity or {}
+    if fid.get("summary"):
+        out.print(f"  fidelity ({'exact, no change' if fid.get('exact') else 'lossy'}): {fid['summary']}")
+    if fid.get("budget"):
+        b = fid["budget"]
+        out.print(f"  budget {b['flags']}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
+                  f"{b['held_out']['top1_agreement']:.4f} agreement, {'met' if b['met_on_held_out'] else 'NOT met'} on held-out")
+    if report.latency_ms:
+        lat = report.latency_ms
+        out.print("  latency ms " + ", ".join(f"{k}: {lat['before'][k]:.3f} -> {lat['after'].get(k, float('nan')):.3f}"
+                                               for k in lat["before"]))
     for line in report.warnings:
         err.print(f"onnxcomp: warning: {line}")
     if report.domain and report.domain.get("note"):
         out.print(f"  domain: {report.domain['note']}")
+
+
+_LAP_VARIANTS = {"full": ("full", None), "lap": ("full", None), "forward": ("forward", None), "lfp": ("forward", None),
+                 "backward": ("backward", None), "lbp": ("backward", None), "lap-forward": ("full", "forward"),
+                 "lap-backward": ("full", "backward"), "lap-forward-seq": ("full", "forward-seq"),
+                 "lap-backward-seq": ("full", "backward-seq")}
+
+
+def _lossy_options(sparsity, bits, score, granularity, quant, max_drop, min_agreement, max_class_drop, drop,
+                   lap_variant, fisher_objective) -> dict:
+    """Flags of the lossy passes (issue 4) as pass options; LAP's ordered variants become ``lap_order``."""
+    variant = _LAP_VARIANTS.get(lap_variant.lower())
+    if variant is None:
+        raise click_exceptions.BadParameter(f"expected one of {', '.join(_LAP_VARIANTS)}", param_hint="--lap-variant")
+    return {"sparsity": sparsity, "bits": bits, "score": score, "granularity": granularity, "quant": quant,
+            "max_drop": max_drop, "min_agreement": min_agreement, "max_class_drop": max_class_drop, "drop": drop,
+            "lap_variant": variant[0], "lap_order": variant[1], "fisher_objective": fisher_objective}
 
 
 @app.command()
@@ -128,11 +156,24 @@ def run(
     solver: str = typer.Option("auto", "--solver", help="MILP solver: auto (Gurobi if licensed, else SCIP), scip or gurobi."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Solver threads."),
     stability_method: str = typer.Option("auto", "--stability-method", help="auto, isa, per-neuron, or split (input branch and bound)."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="prune: fraction of weights to zero, 0 <= s < 1."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="quantize: bits per weight index, 1..8 (k-means codebook of 2^bits values)."),
+    score: Optional[str] = typer.Option(None, "--score", help="Weight score: magnitude, lap or fisher (default: the scoring analysis that ran)."),
+    granularity: str = typer.Option("layer", "--granularity", help="prune: the sparsity per layer or global (one threshold)."),
+    quant: str = typer.Option("kmeans", "--quant", help="quantize: kmeans (codebook + packed indices) or int8 (per-channel DequantizeLinear)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: max accuracy drop in points (needs labels)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Budget: min top-1 agreement with the original, in %."),
+    max_class_drop: Optional[float] = typer.Option(None, "--max-class-drop", help="Budget: max accuracy drop of the worst class, in points (needs labels)."),
+    drop: Optional[float] = typer.Option(None, "--drop", help="drop: fraction of hidden neurons to remove."),
+    lap_variant: str = typer.Option("full", "--lap-variant", help="LAP variant: full, forward (LFP), backward (LBP), lap-forward, lap-backward, lap-forward-seq, lap-backward-seq."),
+    fisher_objective: str = typer.Option("auto", "--fisher-objective", help="fisher: auto, unsupervised, gradient or gradient+hessian."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     """Compile MODEL with the given passes, verify the result against MODEL, write it to OUTPUT."""
     pass_options = {"time_limit": time_limit, "solver": solver, "threads": threads,
                     "stability_method": stability_method}
+    pass_options.update(_lossy_options(sparsity, bits, score, granularity, quant, max_drop, min_agreement,
+                                       max_class_drop, drop, lap_variant, fisher_objective))
     opts = RunOptions(domain=domain, data=data, labels=labels, seed=seed, device=device, samples=samples,
                       corners=corners, atol=atol, rtol=rtol, report=report, pass_options=pass_options)
     rep, result = compile_model(model, passes, output, opts, progress=_RichProgress())

@@ -22,6 +22,7 @@ from . import __version__
 from .ir import Dense, Network
 from .onnxio import SUPPORTED_FLOAT, real_inputs
 from .reader import COLS, ROWS, VECTOR, OnnxContext
+from .storage import encode_weight
 
 PRE_PREFIX = "onnxcomp/pre/"
 """Name prefix of the extra graph outputs exposing pre-activations (``expose_preactivations``)."""
@@ -80,41 +81,13 @@ class _Names:
         return name
 
 
-def _weight_tensors(layer: Dense, k: int, np_dtype, names: _Names, opset: int):
+def _weight_tensors(layer: Dense, k: int, np_dtype, names: _Names, opset: int, plain: bool = False):
     """Nodes + (dense, sparse) initializers producing layer ``k``'s weight [out, in]; returns the
-    tensor name the Gemm reads."""
-    nodes, inits, sparse = [], [], []
-    w_name = names(f"onnxcomp.layer{k}.weight")
-    q = layer.quant
-    if q is not None and q.kind == "codebook":
-        cb, codes = names(f"onnxcomp.layer{k}.codebook"), names(f"onnxcomp.layer{k}.codes")
-        idx = names(f"onnxcomp.layer{k}.codes_int32")
-        inits.append(numpy_helper.from_array(np.asarray(q.codebook, dtype=np_dtype), cb))
-        inits.append(numpy_helper.from_array(np.asarray(q.codes, dtype=np.uint8), codes))
-        nodes.append(helper.make_node("Cast", [codes], [idx], to=TensorProto.INT32, name=names(f"onnxcomp/cast{k}")))
-        nodes.append(helper.make_node("Gather", [cb, idx], [w_name], axis=0, name=names(f"onnxcomp/gather{k}")))
-    elif q is not None and q.kind == "int8":
-        qn, sn, zn = (names(f"onnxcomp.layer{k}.{s}") for s in ("qweight", "scale", "zero_point"))
-        inits.append(numpy_helper.from_array(np.asarray(q.codes, dtype=np.int8), qn))
-        inits.append(numpy_helper.from_array(np.asarray(q.scale, dtype=np.float32), sn))
-        inits.append(numpy_helper.from_array(np.zeros(layer.n_out, dtype=np.int8), zn))
-        deq = w_name if np_dtype == np.float32 else names(f"onnxcomp.layer{k}.weight_f32")
-        nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [deq], axis=0, name=names(f"onnxcomp/dq{k}")))
-        if deq != w_name:
-            nodes.append(helper.make_node("Cast", [deq], [w_name], to=TensorProto.DOUBLE, name=names(f"onnxcomp/cast{k}")))
-    else:
-        w = np.asarray(layer.weight, dtype=np_dtype)
-        nnz = int(np.count_nonzero(w))
-        itemsize = np.dtype(np_dtype).itemsize
-        # COO with int64 linear indices costs (itemsize + 8) bytes per non-zero.
-        if w.size and nnz * (itemsize + 8) < 0.9 * w.size * itemsize:
-            flat = np.flatnonzero(w)
-            values = numpy_helper.from_array(w.reshape(-1)[flat], w_name)
-            indices = numpy_helper.from_array(flat.astype(np.int64), w_name + ".indices")
-            sparse.append(helper.make_sparse_tensor(values, indices, list(w.shape)))
-        else:
-            inits.append(numpy_helper.from_array(w, w_name))
-    return nodes, inits, sparse, w_name
+    tensor name the Gemm reads.  The storage format (dense, bitmask, delta, coo; float, codebook or
+    int8 values) is the smallest one the layer admits, see ``onnxcomp.storage``; ``plain`` forces one
+    dense float initializer."""
+    enc = encode_weight(layer, k, np_dtype, names, opset, plain=plain)
+    return enc.nodes, enc.inits, enc.sparse, enc.name
 
 
 def to_model(
@@ -122,8 +95,12 @@ def to_model(
     *,
     expose_preactivations: bool = False,
     metadata: dict[str, str] | None = None,
+    plain_weights: bool = False,
 ) -> onnx.ModelProto:
-    """Build the ONNX model for ``net`` (the original graph with the chain replaced)."""
+    """Build the ONNX model for ``net`` (the original graph with the chain replaced).
+
+    ``plain_weights`` writes every weight as one dense float initializer (no sparse or quantized
+    storage): the reference a compressed file is checked against."""
     ctx: OnnxContext = net.onnx if net.onnx is not None else standalone_context(net.input_size, net.output_size)
     src = ctx.model
     g = src.graph
@@ -152,7 +129,7 @@ def to_model(
     n = len(net.layers)
     direct_out = ctx.output_layout == ROWS
     for k, layer in enumerate(net.layers):
-        w_nodes, w_inits, w_sparse, w_name = _weight_tensors(layer, k, np_dtype, names, opset)
+        w_nodes, w_inits, w_sparse, w_name = _weight_tensors(layer, k, np_dtype, names, opset, plain_weights)
         chain_nodes += w_nodes
         chain_inits += w_inits
         chain_sparse += w_sparse

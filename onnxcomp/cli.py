@@ -158,7 +158,7 @@ def run(
     stability_method: str = typer.Option("auto", "--stability-method", help="auto, isa, per-neuron, or split (input branch and bound)."),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", help="prune: fraction of weights to zero, 0 <= s < 1."),
     bits: Optional[int] = typer.Option(None, "--bits", help="quantize: bits per weight index, 1..8 (k-means codebook of 2^bits values)."),
-    score: Optional[str] = typer.Option(None, "--score", help="Weight score: magnitude, lap or fisher (default: the scoring analysis that ran)."),
+    score: Optional[str] = typer.Option(None, "--score", help="Score: magnitude, lap or fisher (drop also: dependence); default: the scoring analysis that ran."),
     granularity: str = typer.Option("layer", "--granularity", help="prune: the sparsity per layer or global (one threshold)."),
     quant: str = typer.Option("kmeans", "--quant", help="quantize: kmeans (codebook + packed indices) or int8 (per-channel DequantizeLinear)."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: max accuracy drop in points (needs labels)."),

@@ -278,11 +278,18 @@ def assess_run(original: onnx.ModelProto, candidate: onnx.ModelProto, data: np.n
     else:
         before = class_scores(original, data, device)
         after = class_scores(candidate, data, device)
-        fid["measured"] = True
-        fid.update(compare(before, after, labels))
-        fid["summary"] = summary_line(fid)
+        if before.shape[1] < 2:
+            fid["measured"] = False
+            fid["reason"] = "the model's output has a single column: class metrics do not apply"
+            fid["max_abs_change"] = float(np.abs(before - after).max(initial=0.0))
+        else:
+            fid["measured"] = True
+            fid.update(compare(before, after, labels))
+            fid["summary"] = summary_line(fid)
     violations: list = []
-    if budget.active and data is not None:
+    if budget.active and not fid["measured"]:
+        raise UsageError(f"a fidelity budget compares class predictions, but {fid['reason']}")
+    if budget.active:
         val, held = split_halves(int(data.shape[0]), labels, seed)
         halves = {}
         for name, rows in (("validation", val), ("held_out", held)):

@@ -125,18 +125,15 @@ def delta_gaps(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 gaps for sorted ``positions`` (first gap = position + 1), bridging gaps over 255 with
     extra stored entries.  Returns (gaps, index into ``positions`` of every stored entry or -1 for a
     bridge)."""
-    gaps, which = [], []
-    prev = -1
-    for i, p in enumerate(np.asarray(positions, dtype=np.int64)):
-        step = int(p - prev)
-        while step > 255:
-            gaps.append(255)
-            which.append(-1)
-            step -= 255
-        gaps.append(step)
-        which.append(i)
-        prev = int(p)
-    return np.asarray(gaps, dtype=np.uint8), np.asarray(which, dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    steps = np.diff(np.concatenate([[-1], pos]))
+    bridges = (steps - 1) // 255  # full 255-steps stored as zeros before each real entry
+    last = np.cumsum(bridges + 1) - 1  # where each real entry lands in the stream
+    gaps = np.full(int(last[-1]) + 1 if pos.size else 0, 255, dtype=np.uint8)
+    which = np.full(gaps.size, -1, dtype=np.int64)
+    gaps[last] = steps - 255 * bridges
+    which[last] = np.arange(pos.size)
+    return gaps, which
 
 
 # ---- decoders (ONNX side) -----------------------------------------------------------------------
@@ -221,6 +218,8 @@ def _encode_codebook(layer: Dense, np_dtype, names, k: int, positions: str, out:
     codes = np.asarray(q.codes, dtype=np.int64).reshape(-1)
     codebook = np.asarray(q.codebook, dtype=np_dtype).reshape(-1)
     bits = int(q.bits)
+    if codebook.size > 2 ** bits or (codes.size and (codes.min() < 0 or codes.max() >= codebook.size)):
+        raise ValueError(f"layer {k}: codebook of {codebook.size} values or its codes do not fit {bits} bits")
     b = _Builder(names, k)
     book = b.init("codebook", codebook)
     if positions == "dense":

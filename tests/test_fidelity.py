@@ -115,3 +115,22 @@ def test_lossy_run_report_has_the_fidelity_keys(tmp_path):
     probs, label = sess.run(["probabilities", "label"], {sess.get_inputs()[0].name: d["x"]})
     np.testing.assert_array_equal(probs.argmax(axis=1), label.reshape(-1))
     assert np.mean(label.reshape(-1) == d["y"]) == pytest.approx(fid["accuracy_after"])
+
+
+def test_single_output_models_get_no_class_metrics_and_no_budget(tmp_path):
+    from onnxcomp.ir import LINEAR, RELU, Dense, Network
+    from onnxcomp.writer import to_model
+
+    rng = np.random.default_rng(0)
+    net = Network((Dense(rng.normal(size=(8, 4)), rng.normal(size=8), RELU), Dense(rng.normal(size=(1, 8)), [0.0], LINEAR)), 4)
+    onnx.save(to_model(net), str(tmp_path / "reg.onnx"))
+    np.save(tmp_path / "x.npy", rng.normal(size=(50, 4)).astype(np.float32))
+    base = [sys.executable, "-m", "onnxcomp", "run", str(tmp_path / "reg.onnx"), "-p", "prune", "--sparsity", "0.5",
+            "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "r.json")]
+    proc = subprocess.run(base, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    fid = json.loads((tmp_path / "r.json").read_text())["fidelity"]
+    assert fid["measured"] is False and "single column" in fid["reason"] and fid["max_abs_change"] > 0
+    budget = [a for a in base if a not in ("--sparsity", "0.5")] + ["--min-agreement", "99"]
+    proc = subprocess.run(budget, capture_output=True, text=True)
+    assert proc.returncode == 2 and "single column" in proc.stderr

@@ -61,8 +61,9 @@ def apply_with_budget(net: Network, ctx: Context, build: Callable[[object], Netw
 
     ``what`` is the option key of the pass's strength (``sparsity``, ``bits``); ``levels`` run from
     weakest to strongest.  ``default`` is used when neither the setting nor a budget is given (``None``:
-    the setting is required); ``parse`` checks and converts the explicit value.  Raises ``UsageError`` for an explicit setting together with a budget and
-    ``BudgetNotMet`` when even the weakest level breaks the budget on validation.
+    the setting is required); ``parse`` checks and converts the explicit value.  Raises ``UsageError``
+    for an explicit setting together with a budget and ``BudgetNotMet`` when even the weakest level
+    breaks the budget on validation.
     """
     budget = Budget.from_options(ctx.options)
     explicit = ctx.options.get(what)
@@ -81,6 +82,8 @@ def apply_with_budget(net: Network, ctx: Context, build: Callable[[object], Netw
         raise UsageError(f"{flag} {explicit} and {given} contradict each other: with a budget the pass searches "
                          f"{flag} itself; drop one of them")
     budget.check_usage(["lossy"], ctx.data is not None, ctx.labels is not None)
+    if reference_scores(ctx).shape[1] < 2:
+        raise UsageError("a fidelity budget compares class predictions, but the model's output has a single column")
     val, held = split_halves(int(ctx.data.shape[0]), ctx.labels, ctx.seed)
     trials: list[dict] = []
     cache: dict[int, tuple[Network, dict, list]] = {}

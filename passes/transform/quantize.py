@@ -13,7 +13,9 @@ sharing).  The clustering minimises the weighted distortion Σ_i I_i (w_i − ŵ
 * ``--score lap``: I_i = (lookahead factor)², the squared factor the lookahead distortion multiplies |δw| by.
 
 The 1-D weighted k-means is Lloyd's algorithm on the sorted weights (clusters are intervals, so each
-step is a binary search plus prefix sums), started from the p^(1/3) point density of high-resolution quantization theory: deterministic, no seed.
+step is a binary search plus segment sums), started from the p^(1/3) point density of high-resolution
+quantization theory (quantiles of the weights themselves leave the tails with too few centres; at 256
+centres that start gave 3.5x the distortion of scikit-learn's k-means): deterministic, no seed.
 Weights that are exactly zero (pruned) keep a centre of exactly 0 of their own, so quantizing after
 pruning keeps the sparsity and the writer can still store only the non-zero codes.
 

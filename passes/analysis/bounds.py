@@ -35,10 +35,15 @@ ABS_MARGIN = 1e-12
 
 @dataclass
 class Bounds:
-    """Pre-activation bounds of every layer: ``lower[k]``, ``upper[k]`` of shape (B, n_k)."""
+    """Pre-activation bounds of every layer: ``lower[k]``, ``upper[k]`` of shape (B, n_k).
+
+    ``coef[k]`` (only when asked for) holds the input coefficients of the linear bounds, shape
+    (B, 2 n_k, n0): rows ``[:n_k]`` bound ``y`` from above, rows ``[n_k:]`` bound ``-y`` from above.
+    """
 
     lower: list
     upper: list
+    coef: list | None = None
 
 
 def magnitudes(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
@@ -89,10 +94,12 @@ def _relaxation(l: np.ndarray, u: np.ndarray):
     return sl, su, tu
 
 
-def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None = None) -> Bounds:
+def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None = None,
+                 with_coef: bool = False) -> Bounds:
     """Back-substitution bounds (intersected with IBP) for a batch of boxes (B, n0).
 
-    ``upto`` limits the computation to the first ``upto`` layers (all by default).
+    ``upto`` limits the computation to the first ``upto`` layers (all by default); ``with_coef`` also
+    returns the input coefficients of the linear bounds (used to choose which input to split).
     """
     lo = np.atleast_2d(np.asarray(lo, dtype=np.float64))
     hi = np.atleast_2d(np.asarray(hi, dtype=np.float64))
@@ -102,12 +109,17 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
     lows: list[np.ndarray] = []
     ups: list[np.ndarray] = []
     relax: list[tuple] = []
+    coefs: list[np.ndarray] = []
     centre, radius = (hi + lo) / 2.0, (hi - lo) / 2.0
     for k, layer in enumerate(layers):
         if k == 0:
             y_lo, y_hi = ibp.lower[0], ibp.upper[0]
+            if with_coef:
+                coefs.append(np.broadcast_to(np.concatenate([layer.weight, -layer.weight])[None], (lo.shape[0], 2 * layer.n_out, lo.shape[1])))
         else:
-            y_lo, y_hi = _back_substitute(net, k, relax, centre, radius)
+            y_lo, y_hi, a = _back_substitute(net, k, relax, centre, radius)
+            if with_coef:
+                coefs.append(a)
             y_lo, y_hi = _widen(y_lo, y_hi, mags[k])
             y_lo = np.maximum(y_lo, ibp.lower[k])
             y_hi = np.minimum(y_hi, ibp.upper[k])
@@ -118,36 +130,32 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
         else:
             ones = np.ones_like(y_lo)
             relax.append((ones, ones, np.zeros_like(y_lo)))
-    return Bounds(lows, ups)
+    return Bounds(lows, ups, coefs if with_coef else None)
 
 
 def _back_substitute(net: Network, k: int, relax: list, centre: np.ndarray, radius: np.ndarray):
-    """Lower and upper bounds of layer k's pre-activation via the relaxations of layers < k."""
+    """Lower and upper bounds of layer k's pre-activation via the relaxations of layers < k (and the
+    input coefficients of the bounding linear functions).
+
+    Both are computed as upper bounds: of ``y`` (rows ``[:n]``) and of ``-y`` (rows ``[n:]``), so one
+    rule serves both: a positive coefficient takes a ReLU's upper relaxation, a negative one its lower.
+    """
     layer = net.layers[k]
+    n = layer.n_out
+    a = np.concatenate([layer.weight, -layer.weight])[None, :, :]  # (1 or B, 2n, n_j)
+    c = np.concatenate([layer.bias, -layer.bias])[None, :]
     batch = centre.shape[0]
-    # Upper bound uses coefficients A_up, lower bound A_lo; start from W_k for both.
-    a_up = np.broadcast_to(layer.weight, (batch,) + layer.weight.shape)
-    a_lo = a_up
-    c_up = np.broadcast_to(layer.bias, (batch, layer.n_out)).copy()
-    c_lo = c_up.copy()
     for j in range(k - 1, -1, -1):
         sl, su, tu = relax[j]  # each (B, n_j)
-        pos_up, neg_up = np.maximum(a_up, 0), np.minimum(a_up, 0)
-        pos_lo, neg_lo = np.maximum(a_lo, 0), np.minimum(a_lo, 0)
-        # upper bound: positive coefficients take the upper relaxation, negative the lower
-        c_up = c_up + np.einsum("bij,bj->bi", pos_up, tu)
-        a_up = pos_up * su[:, None, :] + neg_up * sl[:, None, :]
-        # lower bound: positive coefficients take the lower relaxation, negative the upper
-        c_lo = c_lo + np.einsum("bij,bj->bi", neg_lo, tu)
-        a_lo = pos_lo * sl[:, None, :] + neg_lo * su[:, None, :]
+        pos = np.maximum(a, 0.0)
+        c = c + np.matmul(pos, tu[:, :, None])[:, :, 0]
+        a = a * sl[:, None, :] + pos * (su - sl)[:, None, :]
         w, b = net.layers[j].weight, net.layers[j].bias
-        c_up = c_up + a_up @ b
-        c_lo = c_lo + a_lo @ b
-        a_up = a_up @ w
-        a_lo = a_lo @ w
-    upper = np.einsum("bij,bj->bi", a_up, centre) + np.einsum("bij,bj->bi", np.abs(a_up), radius) + c_up
-    lower = np.einsum("bij,bj->bi", a_lo, centre) - np.einsum("bij,bj->bi", np.abs(a_lo), radius) + c_lo
-    return lower, upper
+        flat = a.reshape(-1, a.shape[2])  # one large GEMM instead of B small ones
+        c = c + (flat @ b).reshape(batch, -1)
+        a = (flat @ w).reshape(batch, -1, w.shape[1])
+    upper = np.matmul(a, centre[:, :, None])[:, :, 0] + np.matmul(np.abs(a), radius[:, :, None])[:, :, 0] + c
+    return -upper[:, n:], upper[:, :n], a
 
 
 def prove(net: Network, bounds: Bounds, row: int = 0) -> tuple[list, list]:

@@ -83,6 +83,22 @@ class WitnessOracle:
     def finished(self) -> bool:
         return not any(self.p_open(k) for k in self.p_keys) and not any(self.q_open(k) for k in self.q_keys)
 
+    def restrict(self, lo: np.ndarray, hi: np.ndarray, p_set: list, q_set: list) -> None:
+        """Work on a piece of the box with its own open neurons until ``release``."""
+        self._saved = (self.lo, self.hi, self.p_keys, self.q_keys)
+        self.lo, self.hi = lo, hi
+        self.p_keys = {(k, int(i)) for k in range(len(p_set)) for i in np.flatnonzero(p_set[k])}
+        self.q_keys = {(k, int(i)) for k in range(len(q_set)) for i in np.flatnonzero(q_set[k])}
+        self.last_p_keys, self.last_q_keys = self.p_keys, self.q_keys
+        self.rejected_p, self.rejected_q = set(), set()
+
+    def release(self) -> set:
+        """Back to the whole box; returns the neurons whose MILP claims were not confirmed on the piece."""
+        rejected = self.rejected_p | self.rejected_q
+        self.lo, self.hi, self.p_keys, self.q_keys = self._saved
+        self.rejected_p, self.rejected_q = set(), set()
+        return rejected
+
 
 def _masks(net: Network, n_layers: int, fn) -> list:
     return [fn(k) if net.layers[k].is_relu else np.zeros(net.layers[k].n_out, bool) for k in range(n_layers)]
@@ -156,72 +172,137 @@ def outcome_threads(sel) -> int:
 
 
 def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
-    """Input-space branch and bound with CROWN bounds on the pieces (see module docstring)."""
+    """Input-space branch and bound with CROWN bounds on the pieces, and ISA MILPs on small pieces.
+
+    A piece is done when every open neuron is settled on it (its bound shows the sign) or witnessed
+    anywhere.  When a piece has few unstable neurons left (``split_leaf_binaries``, default 24) its open
+    neurons go to an ISA MILP over that piece, with the piece's tight bounds as big-M; what the MILP proves
+    holds on the piece, what it does not prove in ``split_leaf_seconds`` is split further.  Otherwise the
+    piece is bisected along the input with the largest ``width * sum |coefficient|`` of the open neurons'
+    linear bounds.  A neuron is proven when no unfinished piece has it open.
+    """
     start = time.perf_counter()
     n_layers = len(net.layers) - 1
     lo0, hi0 = ctx.box.lo, ctx.box.hi
-    width0 = np.where(hi0 > lo0, hi0 - lo0, 1.0)
-    seen_a = [a.copy() for a in state.seen_active]
-    seen_i = [a.copy() for a in state.seen_inactive]
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
-    relu = [net.layers[k].is_relu for k in range(n_layers)]
+    oracle = WitnessOracle(net, lo0, hi0, state, n_layers, p_set, q_set)
     sizes = [net.layers[k].n_out for k in range(n_layers)]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    relu_flat = np.concatenate([np.full(n, net.layers[k].is_relu) for k, n in enumerate(sizes)]) if sizes else np.zeros(0, bool)
+    layer_of = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)]) if sizes else np.zeros(0, int)
 
     def flat(masks):
         return np.concatenate(masks) if masks else np.zeros(0, bool)
 
     p_flat, q_flat = flat(p_set), flat(q_set)
+    abandoned = np.zeros_like(p_flat)  # unconfirmed MILP claims: never proven
     stack = [(lo0.copy(), hi0.copy(), p_flat.copy(), q_flat.copy())]
-    boxes = 0
-    batch = int(ctx.opt("split_batch", 256))
-    max_boxes = int(ctx.opt("split_max_boxes", 2_000_000))
+    boxes = leaves = 0
+    leaf_seconds = 0.0
+    batch = int(ctx.opt("split_batch", 128))
+    leaf_binaries = int(ctx.opt("split_leaf_binaries", 24))
+    leaf_time = float(ctx.opt("split_leaf_seconds", 10.0))
     timed_out = False
     while stack:
-        if time.perf_counter() - start > time_limit or boxes > max_boxes:
+        if time.perf_counter() - start > time_limit:
             timed_out = True
             break
         chunk, stack = stack[-batch:], stack[:-batch]
         lo = np.stack([c[0] for c in chunk])
         hi = np.stack([c[1] for c in chunk])
-        b = crown_bounds(net, lo, hi, upto=n_layers)
-        upper = np.concatenate([b.upper[k] for k in range(n_layers)], axis=1)
-        lower = np.concatenate([b.lower[k] for k in range(n_layers)], axis=1)
-        centre = (lo + hi) / 2
-        _, pres = net.forward(centre, preactivations=True)
-        for k in range(n_layers):
-            seen_a[k] |= (pres[k] > 0).any(axis=0)
-            seen_i[k] |= (pres[k] < 0).any(axis=0)
-        sa, si = flat(seen_a[:n_layers]), flat(seen_i[:n_layers])
+        b = crown_bounds(net, lo, hi, upto=n_layers, with_coef=True)
+        upper = np.concatenate(b.upper, axis=1)
+        lower = np.concatenate(b.lower, axis=1)
+        up_coef = np.concatenate([c[:, : sizes[k]] for k, c in enumerate(b.coef)], axis=1)
+        lo_coef = np.concatenate([c[:, sizes[k]:] for k, c in enumerate(b.coef)], axis=1)
+        for x in (lo + hi) / 2:
+            oracle.observe(x)
         boxes += len(chunk)
         for r, (clo, chi, cp, cq) in enumerate(chunk):
-            open_p = cp & ~sa & (upper[r] > 0)
-            open_q = cq & ~si & (lower[r] < 0)
+            sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
+            open_p = cp & ~sa & ~abandoned & (upper[r] > 0)
+            open_q = cq & ~si & ~abandoned & (lower[r] < 0)
             if not (open_p.any() or open_q.any()):
                 continue
-            # split the dimension with the largest width relative to the original box
-            d = int(np.argmax((chi - clo) / width0))
+            last = int(layer_of[open_p | open_q].max()) + 1
+            unstable = relu_flat & (lower[r] < 0) & (upper[r] > 0) & (layer_of < last)
+            if leaf_binaries > 0 and unstable.sum() <= leaf_binaries and time.perf_counter() - start < time_limit:
+                leaves += 1
+                t_leaf = time.perf_counter()
+                settled_p, settled_q = _leaf_milp(net, ctx, oracle, clo, chi, lower[r], upper[r], open_p, open_q,
+                                                  offsets, last, min(leaf_time, time_limit - (time.perf_counter() - start)),
+                                                  abandoned)
+                leaf_seconds += time.perf_counter() - t_leaf
+                sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
+                open_p &= ~settled_p & ~sa & ~abandoned
+                open_q &= ~settled_q & ~si & ~abandoned
+                if not (open_p.any() or open_q.any()):
+                    continue
+            width = chi - clo
+            score = width * (np.abs(up_coef[r][open_p]).sum(axis=0) + np.abs(lo_coef[r][open_q]).sum(axis=0))
+            if not np.any(score > 0):
+                score = width / np.where(hi0 > lo0, hi0 - lo0, 1.0)
+            d = int(np.argmax(score))
             mid = (clo[d] + chi[d]) / 2
             left_hi, right_lo = chi.copy(), clo.copy()
             left_hi[d], right_lo[d] = mid, mid
             stack.append((clo, left_hi, open_p, open_q))
             stack.append((right_lo, chi, open_p, open_q))
-    sa, si = flat(seen_a[:n_layers]), flat(seen_i[:n_layers])
+    sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
     still_p = np.zeros_like(p_flat)
     still_q = np.zeros_like(q_flat)
     for _, _, cp, cq in stack:
         still_p |= cp
         still_q |= cq
-    proven_in = p_flat & ~sa & ~still_p
-    proven_act = q_flat & ~si & ~still_q
-    unflat = lambda v: [v[offsets[k]:offsets[k + 1]] & relu[k] for k in range(n_layers)]  # noqa: E731
-    tail = [np.zeros(net.layers[-1].n_out, bool)]
-    entry.update({"split_boxes": boxes, "split_seconds": round(time.perf_counter() - start, 3),
-                  "split_complete": not timed_out})
-    return Findings(source="split", seen_active=seen_a, seen_inactive=seen_i,
-                    proven_inactive=unflat(proven_in) + tail, proven_active=unflat(proven_act) + tail,
+    proven_in = p_flat & ~sa & ~still_p & ~abandoned
+    proven_act = q_flat & ~si & ~still_q & ~abandoned
+
+    def unflat(v):
+        return [v[offsets[k]:offsets[k + 1]] for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, bool)]
+
+    entry.update({"split_boxes": boxes, "split_leaf_milps": leaves, "split_leaf_seconds": round(leaf_seconds, 3),
+                  "split_seconds": round(time.perf_counter() - start, 3), "split_complete": not timed_out})
+    if abandoned.any():
+        entry.setdefault("ambiguous", []).extend(
+            {"layer": net.layers[int(layer_of[i])].layer_id, "neuron": net.layers[int(layer_of[i])].neuron_ids[i - offsets[layer_of[i]]]}
+            for i in np.flatnonzero(abandoned))
+    return Findings(source="split", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
+                    proven_inactive=unflat(proven_in), proven_active=unflat(proven_act),
                     fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out})
+
+
+def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarray, hi: np.ndarray, lower: np.ndarray,
+               upper: np.ndarray, open_p: np.ndarray, open_q: np.ndarray, offsets: np.ndarray, last: int,
+               time_limit: float, abandoned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ISA on one piece of the box; returns the open neurons it proved on that piece (flat masks)."""
+    n_layers = len(offsets) - 1
+    lows = [lower[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
+    ups = [upper[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
+    p_masks = [open_p[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
+    q_masks = [open_q[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
+    stable_in = [u <= 0 for u in ups]
+    stable_act = [l >= 0 for l in lows]
+    milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks, margins(lows, ups))
+    start = solution_from_input(milp, net.layers, (lo + hi) / 2)
+    if violations(milp, start):
+        raise RuntimeError("MILP formulation inconsistent with the network on a piece of the box")
+    oracle.restrict(lo, hi, p_masks, q_masks)
+    try:
+        outcome = select(ctx.opt("solver", "auto"), milp).backend.solve_isa(milp, oracle, max(time_limit, 0.01),
+                                                                            ctx.opt("threads"), start)
+    finally:
+        rejected = oracle.release()
+    for k, i in rejected:
+        abandoned[offsets[k] + i] = True
+    settled_p = np.zeros_like(open_p)
+    settled_q = np.zeros_like(open_q)
+    if outcome.proven:
+        for k, i in oracle.last_p_keys:
+            settled_p[offsets[k] + i] = oracle.p_open((k, i))
+        for k, i in oracle.last_q_keys:
+            settled_q[offsets[k] + i] = oracle.q_open((k, i))
+    return settled_p, settled_q
 
 
 def per_neuron(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:

@@ -124,8 +124,12 @@ class GurobiBackend:
                 oracle.observe(np.array(m.cbGetSolution(inputs)))
                 values = m.cbGetSolution([v for _, _, v, _ in indicators])
                 for (key, kind, var, is_open), val in zip(indicators, values):
-                    if val > 0.5 and is_open(key):
-                        oracle.reject(key, kind)  # claimed but not confirmed by the forward pass
+                    if val > 0.5:
+                        if is_open(key):
+                            oracle.reject(key, kind)  # claimed but not confirmed by the forward pass
+                        # Gurobi may return solutions violating earlier lazy constraints: cut again.
+                        cut.add((kind, key))
+                        m.cbLazy(var <= 0)
             elif where == gp.GRB.Callback.MIPNODE and m.cbGet(gp.GRB.Callback.MIPNODE_STATUS) == gp.GRB.OPTIMAL:
                 counters["lp"] += 1
                 oracle.observe(np.array(m.cbGetNodeRel(inputs)))
@@ -146,7 +150,12 @@ class GurobiBackend:
         self.threads = int(model.Params.Threads) or 0
         # With a feasible start (all indicators 0) only "optimal" is a proof; "infeasible" would be
         # numerical trouble, never a certificate.
-        proven = status == "optimal" or oracle.finished()
+        # An accepted incumbent with a positive objective claims states the callbacks should have cut:
+        # that is not a proof.
+        clean = model.SolCount == 0 or model.ObjVal < 0.5
+        proven = (status == "optimal" and clean) or oracle.finished()
+        if status == "optimal" and not clean:
+            status = "optimal with a claiming incumbent (not a proof)"
         return IsaOutcome(proven, status, time.perf_counter() - t0, int(model.NodeCount), counters["sol"],
                           counters["lp"], NAME)
 

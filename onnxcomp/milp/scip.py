@@ -118,8 +118,16 @@ class _IsaConshdlr(Conshdlr):
         bad = self.s.examine(self.model, None)
         if not bad:
             return {"result": SCIP_RESULT.FEASIBLE}
-        self.s.tighten(self.model, bad + self.s.pending())
-        return {"result": SCIP_RESULT.REDUCEDDOM}
+        changed = self.s.tighten(self.model, bad + self.s.pending())
+        for _, _, var in bad:
+            # Branching may have fixed the indicator to 1 in this subtree: nothing acceptable is left here.
+            if var.getLbLocal() > 0.5:
+                return {"result": SCIP_RESULT.CUTOFF}
+            infeasible, tightened = self.model.tightenVarUb(var, 0.0)
+            if infeasible:
+                return {"result": SCIP_RESULT.CUTOFF}
+            changed = changed or tightened
+        return {"result": SCIP_RESULT.REDUCEDDOM if changed else SCIP_RESULT.CUTOFF}
 
     def consenfolp(self, constraints, nusefulconss, solinfeasible):
         return self._enforce()
@@ -192,7 +200,10 @@ class ScipBackend:
         nodes = int(model.getNNodes())
         # With a feasible start (all indicators 0) only "optimal" is a proof; "infeasible" would be
         # numerical trouble, never a certificate.
-        proven = status == "optimal" or oracle.finished()
+        clean = model.getNSols() == 0 or model.getSolObjVal(model.getBestSol()) < 0.5
+        proven = (status == "optimal" and clean) or oracle.finished()
+        if status == "optimal" and not clean:
+            status = "optimal with a claiming incumbent (not a proof)"
         return IsaOutcome(proven, status, time.perf_counter() - t0, nodes, shared.solutions, shared.lp_inputs, NAME)
 
     def optimize(self, milp: ReluMilp, time_limit: float | None = None, threads: int | None = None) -> OptOutcome:

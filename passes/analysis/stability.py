@@ -62,14 +62,25 @@ class WitnessOracle:
         self.rejected_p: set = set()
         self.rejected_q: set = set()
         self.observed = 0
+        self.lower = self.upper = None
+        self.bound_violation = ""
+
+    def trust(self, lower: list | None, upper: list | None) -> None:
+        """Bounds the MILP relies on: every observed point is checked against them."""
+        self.lower, self.upper = lower, upper
 
     def observe(self, x0: np.ndarray) -> None:
         x = np.clip(np.asarray(x0, dtype=np.float64).reshape(1, -1), self.lo, self.hi)
         _, pres = self.net.forward(x, preactivations=True)
         self.observed += 1
         for k in range(self.n_layers):
-            self.seen_active[k] |= pres[k][0] > 0
-            self.seen_inactive[k] |= pres[k][0] < 0
+            y = pres[k][0]
+            self.seen_active[k] |= y > 0
+            self.seen_inactive[k] |= y < 0
+            if self.lower is not None and k < len(self.lower):
+                tol = 1e-9 * (1 + np.abs(y))
+                if np.any((y < self.lower[k] - tol) | (y > self.upper[k] + tol)):
+                    self.bound_violation = f"layer {k}: a forward pass leaves the bounds used as big-M"
 
     def p_open(self, key) -> bool:
         return key not in self.rejected_p and not self.seen_active[key[0]][key[1]]
@@ -128,7 +139,8 @@ def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, en
         return findings
     milp = build(net.layers, ctx.box.lo, ctx.box.hi, lower, upper, state.proven_inactive, state.proven_active,
                  last, p_set, q_set, eps)
-    start = _checked_start(milp, net, ctx)
+    start = _checked_start(milp, net, ctx, lower, upper)
+    oracle.trust(lower, upper)
     sel = select(ctx.opt("solver", "auto"), milp)
     outcome = sel.backend.solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
     if outcome.status.startswith("error") and sel.name != "scip":
@@ -136,6 +148,8 @@ def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, en
 
         sel.note = (sel.note + "; " if sel.note else "") + f"{sel.name} failed ({outcome.note}); reran with SCIP"
         outcome = ScipBackend().solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
+    if oracle.bound_violation:
+        raise RuntimeError(f"unsound bounds detected ({oracle.bound_violation}); nothing proven")
     entry.update({
         "solver": outcome.solver, "status": outcome.status, "milp_seconds": round(outcome.seconds, 3),
         "nodes": outcome.nodes, "solutions_checked": outcome.solutions_seen, "lp_inputs": outcome.lp_inputs_seen,
@@ -156,14 +170,26 @@ def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, en
     return findings
 
 
-def _checked_start(milp, net: Network, ctx: Context) -> np.ndarray:
+def _checked_start(milp, net: Network, ctx: Context, lower: list, upper: list) -> np.ndarray:
     """The forward-pass point of the box centre; it must satisfy the formulation, else the formulation
     (or its bounds) is wrong and nothing may be proven with it."""
     centre = (ctx.box.lo + ctx.box.hi) / 2
-    start = solution_from_input(milp, net.layers, centre)
+    return checked_start(milp, net, centre, lower, upper)
+
+
+def checked_start(milp, net: Network, x0: np.ndarray, lower: list, upper: list) -> np.ndarray:
+    """The MILP point of input ``x0``; refuses (RuntimeError) when it violates a row or when a
+    pre-activation at ``x0`` lies outside the bounds the formulation trusts (a neuron claimed stable by
+    wrong bounds has no row that could show it)."""
+    start = solution_from_input(milp, net.layers, x0)
     bad = violations(milp, start)
-    if bad:
-        raise RuntimeError(f"MILP formulation inconsistent with the network ({bad} rows violated by a forward pass)")
+    _, pres = net.forward(np.asarray(x0)[None, :], preactivations=True)
+    outside = sum(int(np.sum((pres[k][0] < lower[k] - 1e-9 * (1 + np.abs(lower[k]))) |
+                             (pres[k][0] > upper[k] + 1e-9 * (1 + np.abs(upper[k])))))
+                  for k in range(len(milp.post)))
+    if bad or outside:
+        raise RuntimeError(f"MILP formulation inconsistent with the network ({bad} rows violated, {outside} "
+                           f"pre-activations outside their bounds at a forward pass)")
     return start
 
 
@@ -284,15 +310,17 @@ def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarr
     stable_in = [u <= 0 for u in ups]
     stable_act = [l >= 0 for l in lows]
     milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks, margins(lows, ups))
-    start = solution_from_input(milp, net.layers, (lo + hi) / 2)
-    if violations(milp, start):
-        raise RuntimeError("MILP formulation inconsistent with the network on a piece of the box")
+    start = checked_start(milp, net, (lo + hi) / 2, lows, ups)
     oracle.restrict(lo, hi, p_masks, q_masks)
+    oracle.trust(lows, ups)
     try:
         outcome = select(ctx.opt("solver", "auto"), milp).backend.solve_isa(milp, oracle, max(time_limit, 0.01),
                                                                             ctx.opt("threads"), start)
     finally:
         rejected = oracle.release()
+        oracle.trust(None, None)
+    if oracle.bound_violation:
+        raise RuntimeError(f"unsound bounds detected on a piece of the box ({oracle.bound_violation}); nothing proven")
     for k, i in rejected:
         abandoned[offsets[k] + i] = True
     settled_p = np.zeros_like(open_p)

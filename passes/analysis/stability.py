@@ -436,9 +436,17 @@ def run(net: Network, ctx: Context) -> Findings:
     counts = state.counts(net)
     entry.update(counts)
     entry["seconds_total"] = round(time.perf_counter() - start, 3)
+    how = []
+    if "split_boxes" in entry:
+        how.append(f"split: {entry['split_boxes']} pieces, {entry['split_leaf_milps']} piece MILPs, "
+                   + ("complete" if entry["split_complete"] else "time limit"))
+    if entry.get("solver"):
+        how.append(f"{entry['solver']}: {entry.get('status')}")
+    elif entry.get("status"):
+        how.append(str(entry["status"]))
     entry["message"] = (f"{counts['stably_inactive']} stably inactive, {counts['stably_active']} stably active, "
                         f"{counts['unstable']} unstable, {counts['undecided']} undecided"
-                        + (f" ({entry.get('solver')}: {entry.get('status')})" if entry.get("status") else ""))
+                        + (f" ({'; '.join(how)})" if how else ""))
     ctx.entry.update(entry)
     return combined
 

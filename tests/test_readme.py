@@ -1,0 +1,90 @@
+"""Every command in README.md is run here, so the README cannot rot.
+
+Shell blocks are executed line by line in a scratch folder that sees the repository's ``models/``;
+``onnxcomp`` runs as ``python -m onnxcomp`` of this interpreter.  ``make`` targets are checked with a dry
+run (``make -n``), except that the part after ``make install &&`` in the first command is run for real.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+
+
+def commands() -> list[str]:
+    out = []
+    for block in BLOCKS:
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip() if line.strip().startswith("make") else line.strip()
+            if line:
+                out.append(line)
+    return out
+
+
+def test_readme_opens_with_exactly_two_setup_commands():
+    first = BLOCKS[0].strip().splitlines()
+    assert README.lstrip().startswith("# onnxcomp\n\n```sh\n")
+    assert len(first) == 2
+    assert first[0].startswith("make install && onnxcomp run models/")
+    assert first[1] == "make test"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "make install" in ci
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("readme")
+    (d / "models").symlink_to(ROOT / "models")
+    return d
+
+
+def run_line(line: str, cwd: Path) -> subprocess.CompletedProcess:
+    parts = [p.strip() for p in line.split("&&")]
+    result = None
+    for part in parts:
+        argv = shlex.split(part)
+        if argv[0] == "make":
+            argv = ["make", "-n", "-C", str(ROOT), *argv[1:]]
+        elif argv[0] == "onnxcomp":
+            argv = [sys.executable, "-m", "onnxcomp", *argv[1:]]
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if result.returncode != 0:
+            return result
+    return result
+
+
+def test_every_readme_command_succeeds(scratch):
+    lines = commands()
+    assert len(lines) >= 12
+    for line in lines:
+        result = run_line(line, scratch)
+        assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    # the tour's claims about its own outputs
+    assert (scratch / "digits_small.onnx").exists() and (scratch / "exact.json").exists()
+    assert (scratch / "mnist_pruned.onnx").stat().st_size < (ROOT / "models/mnist_2x100_l1.onnx").stat().st_size
+    assert (scratch / "mnist_4bit.onnx").stat().st_size < (ROOT / "models/mnist_2x100_l1.onnx").stat().st_size / 4
+
+
+def test_acas_numbers_quoted_in_readme_are_what_the_tool_reports(scratch):
+    import json
+
+    report = scratch / "acas.json"
+    line = ("onnxcomp run models/external/acasxu/ACASXU_run2a_1_1_batch_2000.onnx -p stable --domain "
+            f"models/external/acasxu/prop_1.vnnlib -o acas_check.onnx --report {report}")
+    assert run_line(line, scratch).returncode == 0
+    r = json.loads(report.read_text())
+    widths = r["model"]["after"]["widths"]
+    assert f"`{widths}`".replace("'", "") in README.replace("'", "")
+    totals = r["stable"]["totals"]
+    assert f"{totals['stably_inactive']} neurons are proven stably inactive and {totals['stably_active']}" in README.replace("\n", " ")

@@ -1,0 +1,146 @@
+"""``onnxcomp run -p stable`` end to end, as users run it (subprocess): a fixture MLP over 0:1 and ACAS Xu over
+its vnnlib property shrink with proofs in the report (original numbering), verification passes, the stable
+sets hold on dense samples of the domain, ``onnxcomp verify`` accepts the output; a domain where nothing is
+stable changes nothing; a model whose dense chain starts after a Conv prefix is refused with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from builders import assert_same, run_ort
+from onnxcomp.domain import parse_domain
+from onnxcomp.reader import read
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "digits_2x32_l1.onnx"
+ACAS = ROOT / "models" / "external" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
+PROP3 = ROOT / "models" / "external" / "acasxu" / "prop_3.vnnlib"
+OVAL = ROOT / "models" / "external" / "oval21" / "cifar_base_kw.onnx"
+PROOFS = {"bounds", "milp", "split", "rank", "zero incoming weights", "zero outgoing weights", "linear layer folded"}
+
+
+def onnxcomp(*args):
+    proc = subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_stable(tmp_path: Path, model: Path, domain: str, *extra):
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    code, stdout, stderr = onnxcomp("run", model, "-p", "stable", "--domain", domain, "-o", out, "--report", report,
+                                    *extra)
+    assert code == 0, stderr
+    assert f"wrote {out}" in stdout and out.exists()
+    return out, json.loads(report.read_text())
+
+
+def check_report(r: dict, widths_before: list) -> None:
+    """The report's stable section is consistent with itself and with the model summary."""
+    before, after = r["model"]["before"], r["model"]["after"]
+    assert before["widths"] == widths_before
+    assert sum(after["widths"]) < sum(before["widths"]) and after["params"] < before["params"]
+    v = r["verification"]
+    assert v["passed"] and v["max_rel_err"] <= 1e-4 and v["against"] == "original" and v["samples"] >= 10_000
+    stable = r["stable"]
+    assert [layer["layer"] for layer in stable["layers"]] == list(range(len(widths_before)))
+    removed = {(e["layer"], e["neuron"]): e for e in stable["removed"]}
+    assert len(removed) == len(stable["removed"])  # no neuron removed twice
+    for e in stable["removed"]:
+        assert e["proof"] in PROOFS and 0 <= e["neuron"] < widths_before[e["layer"]]
+    for layer in stable["layers"]:
+        k, width = layer["layer"], layer["width"]
+        inactive, active, undecided = set(layer["inactive"]), set(layer["active"]), set(layer["undecided"])
+        assert width == widths_before[k]
+        assert inactive.isdisjoint(active) and undecided.isdisjoint(inactive | active)
+        assert all(0 <= i < width for i in inactive | active | undecided)
+        # every stably inactive neuron is removed, with the proof that made it so; undecided ones are kept
+        for i in inactive:
+            assert removed[(k, i)]["state"] == "stably_inactive" and removed[(k, i)]["proof"] in ("bounds", "milp", "split")
+        assert not any((k, i) in removed for i in undecided)
+        # removed active neurons were proven active (rank reduction or a folded layer)
+        assert all(i in active for (kk, i), e in removed.items() if kk == k and e["state"] == "stably_active")
+    totals = stable["totals"]
+    assert totals["stably_inactive"] == sum(len(l["inactive"]) for l in stable["layers"])
+    assert totals["stably_active"] == sum(len(l["active"]) for l in stable["layers"])
+    assert totals["removed_neurons"] == len(removed) == sum(before["widths"]) - sum(after["widths"])
+
+
+def check_stable_sets_on_samples(model: Path, r: dict, box, n: int = 100_000) -> None:
+    """The claimed stable sets hold at dense samples and the corners of the domain (float64 forward)."""
+    net = read(model)
+    rng = np.random.default_rng(0)
+    x = np.vstack([box.sample(n, rng), box.corners(1024, rng)])
+    _, pres = net.forward(x, preactivations=True)
+    for layer in r["stable"]["layers"]:
+        y = pres[layer["layer"]]
+        assert np.all(y[:, layer["inactive"]] <= 0) and np.all(y[:, layer["active"]] >= 0)
+
+
+def test_digits_over_the_unit_box(tmp_path):
+    out, r = run_stable(tmp_path, DIGITS, "0:1")
+    check_report(r, [32, 32])
+    assert any(e["proof"] == "bounds" for e in r["stable"]["removed"])
+    box = parse_domain("0:1", 64, None)
+    check_stable_sets_on_samples(DIGITS, r, box)
+    assert read(out).widths == r["model"]["after"]["widths"]
+    written = onnx.load(out)
+    meta = {p.key: p.value for p in written.metadata_props}
+    assert meta["onnxcomp.passes"] == "sample,bounds,falsify,milp,fold" and meta["onnxcomp.exact"] == "true"
+    assert json.loads(meta["onnxcomp.stable"]) == r["stable"]["totals"]
+    x = box.sample(4000, np.random.default_rng(1)).astype(np.float32)
+    assert_same(run_ort(onnx.load(DIGITS), x)[0], run_ort(written, x)[0], what="digits")
+    # the output verifies against the original on its own (domain read back from the metadata)
+    code, stdout, stderr = onnxcomp("verify", DIGITS, out)
+    assert code == 0 and "PASSED" in stdout, stdout + stderr
+
+
+def test_acas_xu_over_property_3(tmp_path):
+    out, r = run_stable(tmp_path, ACAS, PROP3)
+    check_report(r, [50] * 6)
+    proofs = {e["proof"] for e in r["stable"]["removed"]}
+    assert "bounds" in proofs and proofs & {"split", "milp"}  # the MILP/splitting stage settled more
+    milp = next(p for p in r["passes"] if p["name"] == "milp")
+    assert milp["undecided"] == 0 and milp.get("split_complete", True)
+    check_stable_sets_on_samples(ACAS, r, parse_domain(str(PROP3), 5, None))
+    code, stdout, stderr = onnxcomp("verify", ACAS, out, "--domain", PROP3)
+    assert code == 0 and "PASSED" in stdout, stdout + stderr
+
+
+def test_acas_xu_with_a_tiny_time_limit_keeps_what_it_could_not_prove(tmp_path):
+    out, r = run_stable(tmp_path, ACAS, PROP3, "--time-limit", "0.01", "--samples", "3000")
+    milp = next(p for p in r["passes"] if p["name"] == "milp")
+    assert milp["undecided"] > 0
+    assert milp.get("split_complete") is False or "timelimit" in str(milp.get("status"))
+    assert r["verification"]["passed"]
+    undecided = {(l["layer"], i) for l in r["stable"]["layers"] for i in l["undecided"]}
+    assert len(undecided) == milp["undecided"]
+    assert undecided.isdisjoint({(e["layer"], e["neuron"]) for e in r["stable"]["removed"]})
+    check_stable_sets_on_samples(ACAS, r, parse_domain(str(PROP3), 5, None))
+
+
+def test_a_domain_where_nothing_is_stable_changes_nothing(tmp_path):
+    out, report = tmp_path / "same.onnx", tmp_path / "r.json"
+    code, stdout, stderr = onnxcomp("run", DIGITS, "-p", "stable", "--domain", "-100:100", "-o", out, "--report", report,
+                                    "--samples", "2000")
+    assert code == 0, stderr
+    r = json.loads(report.read_text())
+    assert r["model"]["after"]["widths"] == [32, 32] and r["stable"]["removed"] == []
+    assert all(not l["inactive"] and not l["active"] for l in r["stable"]["layers"])
+
+
+@pytest.mark.parametrize("passes", ["stable", "bounds"])
+def test_a_conv_prefix_is_refused_with_one_line(tmp_path, passes):
+    out = tmp_path / "never.onnx"
+    code, stdout, stderr = onnxcomp("run", OVAL, "-p", passes, "--domain", "0:1", "-o", out)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: ") and "Traceback" not in stderr
+    assert "Conv" in lines[0] and "cifar_base_kw.onnx" in lines[0]
+    assert not out.exists()

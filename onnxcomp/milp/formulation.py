@@ -84,15 +84,22 @@ def build(
     p_set: list | None = None,
     q_set: list | None = None,
     eps: list | None = None,
+    into: ReluMilp | None = None,
+    tag: str = "",
 ) -> ReluMilp:
     """Formulate the first ``n_layers`` layers (their post-activations) over the box [lo, hi].
 
     ``layers``: the network's Dense layers; ``lower``/``upper``: sound pre-activation bounds per layer;
     ``stable_*``: proven states (boolean masks); ``p_set``/``q_set``: masks of neurons that get ISA
-    indicators; ``eps``: per-neuron margins for them.
+    indicators; ``eps``: per-neuron margins for them.  ``into``: add this network to an existing
+    formulation, sharing its input variables (two networks side by side, for equivalence bounds); its
+    layers are appended to ``post``/``pre`` and its variable names carry ``tag``.
     """
-    m = ReluMilp()
-    m.inputs = np.array([m.add_var(lo[j], hi[j], CONT, f"x0_{j}") for j in range(len(lo))], dtype=np.int64)
+    if into is None:
+        m = ReluMilp()
+        m.inputs = np.array([m.add_var(lo[j], hi[j], CONT, f"x0_{j}") for j in range(len(lo))], dtype=np.int64)
+    else:
+        m = into
     prev_idx = m.inputs
     prev_valid = np.ones(len(lo), dtype=bool)
     for k in range(n_layers):
@@ -111,13 +118,13 @@ def build(
             if relu and stable_inactive[k][i]:
                 continue
             if not relu or stable_active[k][i]:
-                x = m.add_var(max(l, 0.0) if relu else l, u, CONT, f"x{k + 1}_{i}")
+                x = m.add_var(max(l, 0.0) if relu else l, u, CONT, f"{tag}x{k + 1}_{i}")
                 m.add_row(np.append(idx, x), np.append(coef, -1.0), -const, -const)  # y - x = 0
                 post[i] = x
                 continue
-            x = m.add_var(0.0, max(u, 0.0), CONT, f"x{k + 1}_{i}")
-            z = m.add_var(0.0, 1.0, BIN, f"z{k + 1}_{i}")
-            m.z_vars[(k, i)] = z
+            x = m.add_var(0.0, max(u, 0.0), CONT, f"{tag}x{k + 1}_{i}")
+            z = m.add_var(0.0, 1.0, BIN, f"{tag}z{k + 1}_{i}")
+            m.z_vars[(tag, k, i) if tag else (k, i)] = z
             m.add_row(np.append(idx, x), np.append(coef, -1.0), -np.inf, -const)  # x >= y
             m.add_row(np.append(idx, [x, z]), np.append(coef, [-1.0, l]), l - const, np.inf)  # x <= y - l(1-z)
             m.add_row([x, z], [1.0, -u], -np.inf, 0.0)  # x <= u z

@@ -12,12 +12,15 @@ Methods (``--stability-method``):
   proof) or witnessed.  Strong when the input has few dimensions (ACAS Xu has 5).
 * ``per-neuron``: the baseline of the paper, two MILPs per neuron (max and min of its pre-activation),
   layer by layer, each layer's new exact bounds tightening the next layer's formulation.
-* ``auto``: ``split`` first (with part of the time) for inputs of at most 8 dimensions, then ``isa``.
+* ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
+  then ``isa`` on what is left (half the remaining time), then ``split`` again with the rest; for larger
+  inputs, ``isa``.
 
 Numerics (the epsilon policy).  A MILP solution is trusted only if a float64 forward pass of its input
 confirms the claimed state; an unconfirmed claim is never counted as a witness and never lets the
 neuron be removed (it is kept, as "ambiguous").  The indicators carry a margin
-``eps_i = 1e-5 * max(1, |l_i|, |u_i|)`` (ten times SCIP's feasibility tolerance on that row's scale), so
+``eps_i = 1e-5 * max(1, |l_i|, |u_i|, R_i)`` (ten times the solvers' feasibility tolerance on the scale
+of that neuron's MILP row, ``R_i`` being the magnitude of the terms it sums), so
 a MILP certificate states "no input of the domain reaches ``y >= eps_i``" (or ``y <= -eps_i``).  A
 neuron removed on such a certificate may have a pre-activation in ``(0, eps_i)`` somewhere; the
 ``fold`` pass reports the resulting worst-case output error bound (``stable.epsilon_error_bound``).
@@ -37,16 +40,28 @@ from onnxcomp.milp import select
 from onnxcomp.milp.formulation import build, solution_from_input, violations
 from onnxcomp.pipeline import ANALYSIS, Context, register
 
-from .bounds import crown_bounds, interval_bounds
+from onnxcomp.bounds import crown_bounds, interval_bounds, magnitudes
 from .stability_state import Findings, StabilityState, merge
 
 EPS_REL = 1e-5
 DEFAULT_TIME_LIMIT = 600.0
 SPLIT_MAX_DIMS = 8
+DEGENERATE = 1e-7
+SPLIT_FIRST_SECONDS = 30.0
 
 
-def margins(lower: list, upper: list) -> list:
-    return [EPS_REL * np.maximum(1.0, np.maximum(np.abs(l), np.abs(u))) for l, u in zip(lower, upper)]
+def margins(lower: list, upper: list, scale: list | None = None) -> list:
+    """The epsilon of every neuron: ``EPS_REL * max(1, |l|, |u|, R)``.  ``R`` (``onnxcomp.bounds.magnitudes``)
+    is the magnitude of the terms summed into the pre-activation, i.e. the scale of that MILP row, where
+    the solver's feasibility tolerance acts; without it a neuron with tiny bounds but large terms (two
+    identical neurons subtracted) could be "shown" active by tolerance slack alone."""
+    scale = scale if scale is not None else [np.zeros_like(l) for l in lower]
+    return [EPS_REL * np.maximum.reduce([np.ones_like(l), np.abs(l), np.abs(u), np.asarray(r).reshape(-1)[:l.size]])
+            for l, u, r in zip(lower, upper, scale)]
+
+
+def _row_scale(net: Network, lo: np.ndarray, hi: np.ndarray) -> list:
+    return [m[0] for m in magnitudes(net, lo[None, :], hi[None, :])]
 
 
 class WitnessOracle:
@@ -130,7 +145,7 @@ def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, en
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
     last = max([k + 1 for k in range(n_layers) if p_set[k].any() or q_set[k].any()], default=0)
-    eps = margins(lower, upper)
+    eps = margins(lower, upper, _row_scale(net, ctx.box.lo, ctx.box.hi))
     oracle = WitnessOracle(net, ctx.box.lo, ctx.box.hi, state, n_layers, p_set, q_set)
     findings = Findings(source="milp", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
                         fingerprint=net.fingerprint())
@@ -202,7 +217,8 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
 
     A piece is done when every open neuron is settled on it (its bound shows the sign) or witnessed
     anywhere.  When a piece has few unstable neurons left (``split_leaf_binaries``, default 24) its open
-    neurons go to an ISA MILP over that piece, with the piece's tight bounds as big-M; what the MILP proves
+    neurons go to an ISA MILP over that piece, with the piece's tight bounds as big-M (so do pieces
+    already bisected below ``split_min_width`` of the box in every input); what the MILP proves
     holds on the piece, what it does not prove in ``split_leaf_seconds`` is split further.  Otherwise the
     piece is bisected along the input with the largest ``width * sum |coefficient|`` of the open neurons'
     linear bounds.  A neuron is proven when no unfinished piece has it open.
@@ -223,12 +239,16 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
 
     p_flat, q_flat = flat(p_set), flat(q_set)
     abandoned = np.zeros_like(p_flat)  # unconfirmed MILP claims: never proven
+    deferred_p = np.zeros_like(p_flat)  # flat pre-activations on some piece: left to ISA
+    deferred_q = np.zeros_like(q_flat)
     stack = [(lo0.copy(), hi0.copy(), p_flat.copy(), q_flat.copy())]
     boxes = leaves = 0
     leaf_seconds = 0.0
     batch = int(ctx.opt("split_batch", 128))
     leaf_binaries = int(ctx.opt("split_leaf_binaries", 24))
     leaf_time = float(ctx.opt("split_leaf_seconds", 10.0))
+    min_width = float(ctx.opt("split_min_width", 1 / 64))
+    width0 = np.where(hi0 > lo0, hi0 - lo0, 1.0)
     timed_out = False
     while stack:
         if time.perf_counter() - start > time_limit:
@@ -247,13 +267,21 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
         boxes += len(chunk)
         for r, (clo, chi, cp, cq) in enumerate(chunk):
             sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
-            open_p = cp & ~sa & ~abandoned & (upper[r] > 0)
-            open_q = cq & ~si & ~abandoned & (lower[r] < 0)
+            # A pre-activation that is 0 up to rounding on a piece (two equal terms subtracted) keeps its
+            # bounds at +-margin however small the piece: leave it to the MILP instead of splitting on it.
+            flat_range = (upper[r] - lower[r]) <= DEGENERATE * (1.0 + np.abs(upper[r]) + np.abs(lower[r]))
+            deferred_p |= cp & flat_range & (upper[r] > 0)
+            deferred_q |= cq & flat_range & (lower[r] < 0)
+            open_p = cp & ~sa & ~abandoned & (upper[r] > 0) & ~flat_range
+            open_q = cq & ~si & ~abandoned & (lower[r] < 0) & ~flat_range
             if not (open_p.any() or open_q.any()):
                 continue
             last = int(layer_of[open_p | open_q].max()) + 1
             unstable = relu_flat & (lower[r] < 0) & (upper[r] > 0) & (layer_of < last)
-            if leaf_binaries > 0 and unstable.sum() <= leaf_binaries and time.perf_counter() - start < time_limit:
+            # Pieces that stay open after many bisections straddle a ReLU boundary that the linear bounds
+            # relax independently for neurons that are equal in fact (duplicates); the MILP is exact there.
+            tiny = np.max((chi - clo) / width0) <= min_width
+            if leaf_binaries > 0 and (unstable.sum() <= leaf_binaries or tiny) and time.perf_counter() - start < time_limit:
                 leaves += 1
                 t_leaf = time.perf_counter()
                 settled_p, settled_q = _leaf_milp(net, ctx, oracle, clo, chi, lower[r], upper[r], open_p, open_q,
@@ -268,7 +296,7 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
             width = chi - clo
             score = width * (np.abs(up_coef[r][open_p]).sum(axis=0) + np.abs(lo_coef[r][open_q]).sum(axis=0))
             if not np.any(score > 0):
-                score = width / np.where(hi0 > lo0, hi0 - lo0, 1.0)
+                score = width / width0
             d = int(np.argmax(score))
             mid = (clo[d] + chi[d]) / 2
             left_hi, right_lo = chi.copy(), clo.copy()
@@ -281,8 +309,8 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     for _, _, cp, cq in stack:
         still_p |= cp
         still_q |= cq
-    proven_in = p_flat & ~sa & ~still_p & ~abandoned
-    proven_act = q_flat & ~si & ~still_q & ~abandoned
+    proven_in = p_flat & ~sa & ~still_p & ~abandoned & ~deferred_p
+    proven_act = q_flat & ~si & ~still_q & ~abandoned & ~deferred_q
 
     def unflat(v):
         return [v[offsets[k]:offsets[k + 1]] for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, bool)]
@@ -309,7 +337,8 @@ def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarr
     q_masks = [open_q[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
     stable_in = [u <= 0 for u in ups]
     stable_act = [l >= 0 for l in lows]
-    milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks, margins(lows, ups))
+    milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks,
+                 margins(lows, ups, _row_scale(net, lo, hi)))
     start = checked_start(milp, net, (lo + hi) / 2, lows, ups)
     oracle.restrict(lo, hi, p_masks, q_masks)
     oracle.trust(lows, ups)
@@ -343,7 +372,7 @@ def per_neuron(net: Network, ctx: Context, state: StabilityState, time_limit: fl
     upper = [u.copy() for u in upper]
     inactive = [a.copy() for a in state.proven_inactive]
     active = [a.copy() for a in state.proven_active]
-    eps = margins(lower, upper)
+    eps = margins(lower, upper, _row_scale(net, ctx.box.lo, ctx.box.hi))
     proven_in = [np.zeros(l.n_out, bool) for l in net.layers]
     proven_act = [np.zeros(l.n_out, bool) for l in net.layers]
     seen_a = [a.copy() for a in state.seen_active]
@@ -415,23 +444,32 @@ def run(net: Network, ctx: Context) -> Findings:
     annotations = dict(ctx.annotations)
     state = merge(net, annotations)
     results: list[Findings] = []
-    if method == "split" or (method == "auto" and ctx.box.size <= SPLIT_MAX_DIMS):
-        share = time_limit if method == "split" else time_limit / 2
-        found = split(net, ctx, state, share, entry)
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def record(name: str, found: Findings) -> StabilityState:
         results.append(found)
-        annotations["milp:split"] = found
-        state = merge(net, annotations)
-    if method in ("isa", "auto"):
-        remaining = max(time_limit - (time.perf_counter() - start), 0.01)
-        found = isa(net, ctx, state, remaining, entry)
-        results.append(found)
-        annotations["milp:isa"] = found
-        state = merge(net, annotations)
+        annotations[f"milp:{name}"] = found
+        return merge(net, annotations)
+
+    low_dim = ctx.box.size <= SPLIT_MAX_DIMS
+    if method == "split":
+        state = record("split", split(net, ctx, state, time_limit, entry))
     elif method == "per-neuron":
-        found = per_neuron(net, ctx, state, time_limit, entry)
-        results.append(found)
-        annotations["milp:per-neuron"] = found
-        state = merge(net, annotations)
+        state = record("per-neuron", per_neuron(net, ctx, state, time_limit, entry))
+    elif method == "isa" or not low_dim:
+        state = record("isa", isa(net, ctx, state, max(time_limit, 0.01), entry))
+    else:
+        # auto on a low-dimensional input: a short split (often all it takes), then ISA on what is left
+        # with half the remaining time, then split again with the rest if ISA did not finish.
+        state = record("split", split(net, ctx, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry))
+        if _open_count(net, state):
+            state = record("isa", isa(net, ctx, state, max((time_limit - elapsed()) / 2, 0.01), entry))
+        if _open_count(net, state) and time_limit - elapsed() > 0.5:
+            first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
+            state = record("split-2", split(net, ctx, state, time_limit - elapsed(), entry))
+            for k, v in first.items():
+                entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
     combined = _combine(net, results)
     counts = state.counts(net)
     entry.update(counts)
@@ -449,6 +487,12 @@ def run(net: Network, ctx: Context) -> Findings:
                         + (f" ({'; '.join(how)})" if how else ""))
     ctx.entry.update(entry)
     return combined
+
+
+def _open_count(net: Network, state: StabilityState) -> int:
+    n_layers = len(net.layers) - 1
+    return sum(int((state.need_active_witness(k) | state.need_inactive_witness(k)).sum())
+               for k in range(n_layers) if net.layers[k].is_relu)
 
 
 def _combine(net: Network, results: list) -> Findings:

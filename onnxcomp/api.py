@@ -23,8 +23,9 @@ from .fidelity import Budget, assess_run
 from .ir import Box
 from .onnxio import load_model, real_inputs, value_shape
 from .pipeline import REGISTRY, Context, PassManager, Progress, expand
-from .reader import has_prefix, lower, model_input_features
+from .reader import check_input, has_prefix, lower, model_input_features
 from .report import Report, domain_summary, model_summary
+from .runtime import Runner, providers
 from .verify import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
 from .writer import META_PREFIX, save_atomic, to_model
 
@@ -46,24 +47,41 @@ class RunOptions:
     pass_options: dict = field(default_factory=dict)
 
 
-def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "-o") -> Path:
-    """Refuse an output that is a directory, overwrites an input, or lies in an unwritable folder."""
+def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "-o",
+                      other_output: str | os.PathLike | None = None) -> Path:
+    """Refuse an output that is a directory, overwrites an input (or ``other_output``, the file
+    another flag writes), or lies in a missing, non-folder or unwritable folder."""
     p = Path(out)
     if p.exists() and p.is_dir():
         raise InputError(f"{flag} {out}: is a directory")
-    for inp in inputs:
-        if inp is None:
-            continue
+    named = [(inp, "the input") for inp in inputs if inp is not None]
+    if other_output is not None:
+        named.append((other_output, "the output"))
+    for inp, what in named:
         ip = Path(inp)
-        same = ip.exists() and (p.resolve() == ip.resolve() or (p.exists() and os.path.samefile(p, ip)))
+        # resolve() also covers paths that do not exist yet (the -o file named again by --report).
+        same = p.resolve() == ip.resolve() or (p.exists() and ip.exists() and os.path.samefile(p, ip))
         if same:
-            raise InputError(f"{flag} {out}: is the same file as the input {inp}; refusing to overwrite it")
+            raise InputError(f"{flag} {out}: is the same file as {what} {inp}; refusing to overwrite it")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise InputError(f"{flag} {out}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InputError(f"{flag} {out}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {out}: folder {parent} is not writable")
     return p
+
+
+def check_runs(model: onnx.ModelProto, path: str | os.PathLike, device: str) -> None:
+    """Refuse, naming the file, a model onnxruntime cannot load or run on one sample (an opset it does
+    not know, shapes that do not match), before any pass spends time on it."""
+    providers(device)  # a bad --device is the flag's fault, not the file's
+    try:
+        runner = Runner.create(model, "cpu")
+        runner.run(np.zeros((1, runner.features)))  # shapes that only clash when the graph runs
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _sample_shape(model: onnx.ModelProto) -> tuple:
@@ -120,9 +138,10 @@ def compile_model(model_path: str, passes: str, out_path: str, opts: RunOptions,
     names = expand(passes)
     out = check_output_path(out_path, [model_path])
     if opts.report:
-        check_output_path(opts.report, [model_path, out_path], "--report")
+        check_output_path(opts.report, [model_path], "--report", other_output=out_path)
     model = load_model(model_path)
     net = lower(model, source=str(model_path))
+    check_runs(model, model_path, opts.device)
     n_features = model_input_features(net)
     box, data, labels = load_inputs(model, n_features, opts)
     needs_box = [n for n in names if n in ("bounds", "milp", "falsify")]
@@ -189,16 +208,19 @@ def compile_model(model_path: str, passes: str, out_path: str, opts: RunOptions,
 
 def verify_files(ref_path: str, cand_path: str, *, domain: str | None = None, data: str | None = None,
                  samples: int = SAMPLES, corners: int = CORNERS, seed: int = 0, atol: float = ATOL,
-                 rtol: float = RTOL, device: str = "auto", report_path: str | None = None) -> tuple[Report, VerifyResult]:
+                 rtol: float = RTOL, device: str = "auto", report_path: str | None = None,
+                 formal: bool = False, time_limit: float = 60.0, solver: str = "auto") -> tuple[Report, VerifyResult]:
     """Compare two ONNX files (see ``onnxcomp.verify``).  The domain defaults to the one onnxcomp
-    recorded in the candidate's metadata."""
+    recorded in the candidate's metadata.  With ``formal``, also certify ``max |f1 - f2|`` over the domain
+    box with a MILP (``onnxcomp.formal``); the report's ``formal`` block holds the bound, and
+    ``result.passed`` then also requires that bound to be within tolerance."""
     if report_path:
         check_output_path(report_path, [ref_path, cand_path], "--report")
     ref = load_model(ref_path)
     cand = load_model(cand_path)
     for m, p in ((ref, ref_path), (cand, cand_path)):
-        if len(real_inputs(m)) != 1:
-            raise InputError(f"{p}: model has {len(real_inputs(m))} inputs; onnxcomp handles single-input models")
+        check_input(m, str(p))
+        check_runs(m, p, device)
     n_ref = int(np.prod(_sample_shape(ref) or (1,)))
     n_cand = int(np.prod(_sample_shape(cand) or (1,)))
     if n_ref != n_cand:
@@ -213,10 +235,54 @@ def verify_files(ref_path: str, cand_path: str, *, domain: str | None = None, da
                            atol=atol, rtol=rtol, device=device)
     report = Report(command="verify", input=str(ref_path), output=str(cand_path))
     report.domain = domain_summary(box)
+    if formal:
+        report.formal = _formal_check(ref, cand, ref_path, cand_path, box, atol, rtol, time_limit, solver,
+                                      result.output_scale)
+        if not report.formal["passed"]:
+            result.passed = False
+            result.reason = (result.reason + "; " if result.reason else "") + report.formal["verdict"]
     report.verification = result.to_dict()
     if report_path:
         report.write(report_path)
     return report, result
+
+
+def _formal_check(ref, cand, ref_path, cand_path, box, atol: float, rtol: float, time_limit: float, solver: str,
+                  scale: float) -> dict:
+    """Certified bound on max |ref - cand| over the box, on the dense chains of both models; the tolerance
+    is the sampled verification's (``atol + rtol * scale``, scale = max |ref output| on the samples)."""
+    from .formal import max_difference
+    from .reader import has_prefix
+
+    if box is None:
+        raise UsageError("--formal needs a domain box (--domain, or one recorded in the candidate's metadata)")
+    nets = []
+    for model, path in ((ref, ref_path), (cand, cand_path)):
+        net = lower(model, source=str(path))
+        if has_prefix(net):
+            raise InputError(f"{path}: --formal needs the dense chain to start at the model input "
+                             f"(kept before it: {', '.join(net.onnx.prefix_ops)})")
+        nets.append(net)
+    if nets[0].onnx.suffix_ops != nets[1].onnx.suffix_ops:
+        raise InputError(f"{cand_path}: --formal compares the dense chains, and the ops after them differ "
+                         f"({nets[0].onnx.suffix_ops} vs {nets[1].onnx.suffix_ops})")
+    if nets[0].input_size != nets[1].input_size or nets[0].output_size != nets[1].output_size:
+        raise InputError(f"{cand_path}: its dense chain has a different input or output size than {ref_path}'s")
+    tol = atol + rtol * scale
+    res = max_difference(nets[0], nets[1], box, time_limit=time_limit, solver=solver, tolerance=tol)
+    passed = res.certified_max_abs_diff <= tol
+    if passed:
+        verdict = f"certified max |diff| {res.certified_max_abs_diff:.3g} <= tolerance {tol:.3g}"
+    elif res.found_max_abs_diff > tol:
+        verdict = f"a difference of {res.found_max_abs_diff:.3g} > tolerance {tol:.3g} exists (input in the report)"
+    else:
+        verdict = (f"inconclusive: certified bound {res.certified_max_abs_diff:.3g} > tolerance {tol:.3g}"
+                   + ("" if res.complete else " (solver time limit)"))
+    out = res.to_dict()
+    out.update({"passed": passed, "tolerance": tol, "verdict": verdict,
+                "compared": "dense chains" + (f" (identical ops after them: {', '.join(nets[0].onnx.suffix_ops)})"
+                                              if nets[0].onnx.suffix_ops else "")})
+    return out
 
 
 def inspect_model(model_path: str) -> dict:

@@ -120,6 +120,9 @@ def _print_run(report) -> None:
         out.print(f"  domain: {report.domain['note']}")
 
 
+_SOLVERS = ("auto", "scip", "gurobi")
+"""--solver values (those ``onnxcomp.milp.select`` takes)."""
+
 _LAP_VARIANTS = {"full": ("full", None), "lap": ("full", None), "forward": ("forward", None), "lfp": ("forward", None),
                  "backward": ("backward", None), "lbp": ("backward", None), "lap-forward": ("full", "forward"),
                  "lap-backward": ("full", "backward"), "lap-forward-seq": ("full", "forward-seq"),
@@ -170,6 +173,17 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     """Compile MODEL with the given passes, verify the result against MODEL, write it to OUTPUT."""
+    # Checked here, not where they are used: a pass that never reaches its solver would otherwise
+    # accept a misspelt value silently.
+    if solver not in _SOLVERS:
+        raise click_exceptions.BadParameter(f"{solver!r}: expected one of {', '.join(_SOLVERS)}", param_hint="--solver")
+    from passes.analysis.stability import METHODS
+
+    if stability_method not in METHODS:
+        raise click_exceptions.BadParameter(f"{stability_method!r}: expected one of {', '.join(METHODS)}",
+                                            param_hint="--stability-method")
+    if time_limit is not None and not time_limit > 0:
+        raise click_exceptions.BadParameter(f"{time_limit:g}: expected seconds > 0", param_hint="--time-limit")
     pass_options = {"time_limit": time_limit, "solver": solver, "threads": threads,
                     "stability_method": stability_method}
     pass_options.update(_lossy_options(sparsity, bits, score, granularity, quant, max_drop, min_agreement,
@@ -195,11 +209,18 @@ def verify(
     rtol: float = typer.Option(RTOL, "--rtol", min=0.0, help="Tolerance relative to the output scale."),
     device: str = typer.Option("auto", "--device"),
     report: Optional[str] = typer.Option(None, "--report", help="Write the JSON report here."),
+    formal: bool = typer.Option(False, "--formal", help="Also certify max |difference| over the domain box with a MILP."),
+    time_limit: float = typer.Option(60.0, "--time-limit", min=0.0, help="Seconds for --formal (the bound stays valid, only looser)."),
+    solver: str = typer.Option("auto", "--solver", help="MILP solver for --formal: auto, scip or gurobi."),
     debug: bool = typer.Option(False, "--debug"),
 ) -> None:
     """Check that CANDIDATE computes what REFERENCE computes (exit 0 PASSED, 1 FAILED)."""
-    _, result = verify_files(reference, candidate, domain=domain, data=data, samples=samples, corners=corners,
-                             seed=seed, atol=atol, rtol=rtol, device=device, report_path=report)
+    rep, result = verify_files(reference, candidate, domain=domain, data=data, samples=samples, corners=corners,
+                               seed=seed, atol=atol, rtol=rtol, device=device, report_path=report,
+                               formal=formal, time_limit=time_limit, solver=solver)
+    if rep.formal:
+        f = rep.formal
+        out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}")
     out.print(result.summary())
     if not result.passed:
         raise typer.Exit(1)

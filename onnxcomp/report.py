@@ -5,7 +5,7 @@ Keys: ``version``, ``command``, ``input``, ``output``, ``model`` (``before``/``a
 ``source``, ``note``), ``passes`` (list of ``{name, kind, seconds, ...}``), ``verification``
 (``passed``, ``max_abs_err``, ``max_rel_err``, ``mean_abs_err``, ``top1_agreement``, ``samples``, ...),
 ``stable`` (per-layer stability, when the stable passes ran), ``fidelity`` and ``latency_ms`` (lossy
-passes), ``warnings``.  Later passes add keys; existing keys keep their meaning.
+passes), ``formal`` (``verify --formal``), ``warnings``.  Later passes add keys; existing keys keep their meaning.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Report:
     stable: dict | None = None
     fidelity: dict | None = None
     latency_ms: dict | None = None
+    formal: dict | None = None
     warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -83,6 +84,7 @@ class Report:
             "stable": self.stable,
             "fidelity": self.fidelity,
             "latency_ms": self.latency_ms,
+            "formal": self.formal,
             "warnings": self.warnings,
         })
 

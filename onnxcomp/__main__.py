@@ -1,5 +1,14 @@
 """``python -m onnxcomp`` is the same as the ``onnxcomp`` command."""
 
-from .cli import entry
+from .interrupt import guard
 
-entry()
+
+def main() -> None:
+    guard()  # before numpy, onnxruntime or a solver start threads that would receive Ctrl-C
+    from .cli import entry
+
+    entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ given flattened (N, features) or in the model's own per-sample shape (N, ...).  
 
 from __future__ import annotations
 
+import mmap
 from math import prod
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def load_data(path: str, n_features: int, sample_shape: tuple | None = None) -> 
         if part.dtype.kind == "f" and not np.all(np.isfinite(part)):
             row = start + int(np.flatnonzero(~np.all(np.isfinite(part), axis=1))[0])
             raise InputError(f"--data {path}: row {row} contains NaN or Inf")
+        release(flat)
     return flat
 
 
@@ -93,6 +95,24 @@ def labels_from_data_file(path: str, n_rows: int) -> np.ndarray | None:
 
 
 def iter_rows(data: np.ndarray, batch: int = CHUNK):
-    """Float64 batches of a (possibly memory-mapped) array."""
+    """Float64 batches of a (possibly memory-mapped) array; a memory map keeps only about one batch
+    of the file resident."""
     for start in range(0, data.shape[0], batch):
-        yield np.asarray(data[start : start + batch], dtype=np.float64)
+        part = np.array(data[start : start + batch], dtype=np.float64)
+        release(data)
+        yield part
+
+
+def release(data: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped array from this process's resident memory (they
+    stay in the OS file cache and are read back on the next access).  Reading a mapped file maps
+    every page it touches, so without this one pass over a 10 GB ``--data`` file would hold 10 GB
+    resident although only one batch is in use at a time."""
+    mm = getattr(data, "_mmap", None)  # numpy.memmap's mapping (None for in-memory arrays)
+    # Only read-only maps: on a copy-on-write map ('c') dropping pages would drop changes.
+    if mm is None or getattr(data, "mode", None) != "r" or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # closed or not allowed: only a memory optimisation
+        pass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import iter_rows
 from .errors import InputError
 from .ir import Box
 
@@ -89,8 +90,8 @@ def _read_npz(spec: str, n: int) -> Box:
 def data_hull(data: np.ndarray, chunk: int = 65536) -> Box:
     """Bounding box of the samples (streamed in chunks, so memory-mapped data stays on disk)."""
     lo = hi = None
-    for start in range(0, data.shape[0], chunk):
-        part = np.asarray(data[start : start + chunk], dtype=np.float64).reshape(min(chunk, data.shape[0] - start), -1)
+    for part in iter_rows(data, chunk):
+        part = part.reshape(part.shape[0], -1)
         plo, phi = part.min(axis=0), part.max(axis=0)
         lo = plo if lo is None else np.minimum(lo, plo)
         hi = phi if hi is None else np.maximum(hi, phi)

@@ -6,6 +6,7 @@ Shared by the reader (lowering) and by ``verify`` (which compares files it does 
 from __future__ import annotations
 
 import os
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .errors import InputError
+from .storage import sparse_to_dense
 
 # Element types we can run; float16/bfloat16 models are refused with a clear message.
 SUPPORTED_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
@@ -24,6 +26,9 @@ _FIELD_FOR_TYPE = {
     TensorProto.UINT64: "uint64_data",
     TensorProto.STRING: "string_data",
 }
+
+
+_KNOWN_TYPES = frozenset(v for v in TensorProto.DataType.values() if v != TensorProto.UNDEFINED)
 
 
 def elem_type_name(elem_type: int) -> str:
@@ -45,19 +50,31 @@ def check_path(path: str | os.PathLike, what: str = "model") -> Path:
     return p
 
 
-def _declared_count(t: TensorProto) -> int:
+def _declared_count(t: TensorProto, name: str) -> int:
     n = 1
     for d in t.dims:
         if d < 0:
-            raise InputError(f"initializer '{t.name}' has a negative dimension {list(t.dims)}")
+            raise InputError(f"{name}: initializer '{t.name}' has a negative dimension {list(t.dims)}")
         n *= int(d)
     return n
 
 
-def _held_count(t: TensorProto) -> int | None:
-    """How many values the tensor actually carries (None for external data, checked elsewhere)."""
+# Element types packed several to a byte (bits per value); their count is checked on raw data only.
+_PACKED_BITS = {getattr(TensorProto, n): b for n, b in (("UINT4", 4), ("INT4", 4), ("FLOAT4E2M1", 4), ("UINT2", 2),
+                                                        ("INT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+                if hasattr(TensorProto, n)}
+
+
+def _held_count(t: TensorProto, declared: int) -> int | None:
+    """How many values the tensor actually carries (None for external data, checked elsewhere, and
+    for packed sub-byte types not stored as raw bytes)."""
     if t.data_location == TensorProto.EXTERNAL:
         return None
+    bits = _PACKED_BITS.get(t.data_type)
+    if bits is not None:
+        if not t.HasField("raw_data"):
+            return None
+        return declared if len(t.raw_data) == -(-declared * bits // 8) else len(t.raw_data) * 8 // bits
     if t.HasField("raw_data"):
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         return len(t.raw_data) // max(itemsize, 1)
@@ -87,7 +104,7 @@ def _check_external_data(model: onnx.ModelProto, base: Path, name: str) -> None:
         length = int(info.get("length", "0") or 0)
         offset = int(info.get("offset", "0") or 0)
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        need = _declared_count(t) * itemsize
+        need = _declared_count(t, name) * itemsize
         have = target.stat().st_size - offset
         if (length and length != need) or have < need:
             raise InputError(
@@ -119,8 +136,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InputError(f"{name}: not an ONNX model (no graph)")
     for t in _all_tensors(model):
-        held = _held_count(t)
-        declared = _declared_count(t)
+        if t.data_type not in _KNOWN_TYPES:
+            raise InputError(f"{name}: initializer '{t.name}' has unknown element type {t.data_type}")
+        declared = _declared_count(t, name)
+        held = _held_count(t, declared)
         if held is not None and held != declared and not (held == 0 and t.data_type == TensorProto.STRING):
             raise InputError(
                 f"{name}: initializer '{t.name}' declares shape {list(t.dims)} ({declared} values) but holds {held}"
@@ -153,11 +172,19 @@ def _check_unique_names(model: onnx.ModelProto, name: str) -> None:
             produced.add(out)
 
 
+SPARSE_DENSIFY_MAX = 1 << 26
+"""Largest sparse initializer (in elements) made dense to be read as a constant."""
+
+
 def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every tensor whose value is fixed: initializers and outputs of Constant nodes."""
+    """Every tensor whose value is fixed: initializers (dense or sparse) and outputs of Constant nodes."""
     values: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
         values[t.name] = numpy_helper.to_array(t)
+    for sp in model.graph.sparse_initializer:
+        # A COO weight (onnxcomp writes pruned layers so) is densified, unless that would be huge.
+        if prod(int(d) for d in sp.dims) <= SPARSE_DENSIFY_MAX:
+            values[sp.values.name] = sparse_to_dense(sp)
     for node in model.graph.node:
         if node.op_type != "Constant" or not node.output:
             continue

@@ -209,14 +209,47 @@ class _Walk:
         self.shape, self.layout = tuple(new_shape), new_layout
 
 
-# Ops whose value is computed here when all their inputs are constants (a weight written as
-# ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold constants).  Deliberately only ops that
-# cannot grow a tensor much and are deterministic; elementwise ops are also size-checked.
+# Ops whose value is computed here when all their inputs are constants: a weight written as
+# ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold constants, the decoders of compact weight
+# storage (onnxcomp's own bitmask/delta/packed-code files, see ``storage.py``: BitShift, CumSum,
+# ScatterElements, ConstantOfShape, ReduceSum) and ``DequantizeLinear`` of int8 weights written by
+# quantizers.  Deliberately only deterministic ops whose output size is known from their inputs before
+# they run, so a small file cannot make the reader allocate a huge tensor (``_fold_size``).
 _FOLDABLE = frozenset({
     "Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Neg", "Abs", "Sqrt",
-    "Reciprocal", "Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather",
+    "Reciprocal", "Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather", "BitShift", "CumSum",
+    "ScatterElements", "ConstantOfShape", "Expand", "ReduceSum", "DequantizeLinear",
 })
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "BitShift"})
 _FOLD_MAX_ELEMENTS = 1 << 24
+# The ONNX reference runtime implements DequantizeLinear from opset 19 on; version 19 computes what
+# versions 10 and 13 compute for their (int8/uint8/int32) inputs, so older nodes are evaluated as 19.
+_REFERENCE_OPSET = {"DequantizeLinear": 19}
+
+
+def _fold_size(op: str, arrays: list, attrs: dict) -> int | None:
+    """Number of elements ``op`` produces from ``arrays`` (an upper bound), or None if unknown."""
+    try:
+        if op in _ELEMENTWISE:
+            return int(prod(np.broadcast_shapes(*(a.shape for a in arrays))))
+        if op == "Concat":
+            return sum(a.size for a in arrays)
+        if op == "Gather":
+            data, indices = arrays[0], arrays[1]
+            axis = int(attrs.get("axis", 0))
+            if data.ndim == 0 or not -data.ndim <= axis < data.ndim or data.shape[axis] == 0:
+                return None
+            return data.size // data.shape[axis] * indices.size
+        if op == "ConstantOfShape":
+            dims = [int(d) for d in arrays[0].reshape(-1)]
+            return int(prod(dims)) if all(d >= 0 for d in dims) else None
+        if op == "Expand":
+            dims = tuple(int(d) for d in arrays[1].reshape(-1))
+            return int(prod(np.broadcast_shapes(arrays[0].shape, dims))) if all(d >= 0 for d in dims) else None
+    except (ValueError, TypeError, IndexError):
+        return None
+    # Every other foldable op returns at most as many elements as its largest input.
+    return max((a.size for a in arrays), default=0)
 
 
 def _fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
@@ -224,15 +257,11 @@ def _fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
     if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
         return None
     arrays = [np.asarray(a) for a in args]
-    if node.op_type in ("Add", "Sub", "Mul", "Div", "Concat"):
-        total = sum(a.size for a in arrays) if node.op_type == "Concat" else None
-        if total is None:
-            try:
-                total = int(prod(np.broadcast_shapes(*(a.shape for a in arrays))))
-            except ValueError:
-                return None
-        if total > _FOLD_MAX_ELEMENTS:
-            return None
+    size = _fold_size(node.op_type, arrays, _attrs(node))
+    if size is None or size > _FOLD_MAX_ELEMENTS:
+        return None
+    if node.op_type == "CumSum" and len(arrays) > 1 and arrays[1].size == 1:
+        arrays[1] = arrays[1].reshape(())  # onnxruntime accepts a 1-element axis; the spec says 0-d
     from onnx.reference import ReferenceEvaluator
 
     names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
@@ -243,6 +272,7 @@ def _fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
     one = onnx.helper.make_node(node.op_type, names, outs, domain=node.domain)
     one.attribute.extend(node.attribute)
     graph = onnx.helper.make_graph([one], "fold", inputs, [onnx.helper.make_empty_tensor_value_info(o) for o in outs])
+    opset = max(opset, _REFERENCE_OPSET.get(node.op_type, 0))
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     try:
         return list(ReferenceEvaluator(model).run(None, feeds))
@@ -315,7 +345,11 @@ class _Lowerer:
             node = self.nodes[idx]
             snapshot = _copy_walk(state)
             try:
-                out = self.apply(state, node, current)
+                try:
+                    out = self.apply(state, node, current)
+                except (ValueError, IndexError) as exc:
+                    # Constants whose shapes contradict the op (a malformed file; onnxruntime refuses it too).
+                    raise _Stop(f"constants of unexpected shape ({exc})") from None
             except _Stop as stop:
                 state = snapshot
                 state.stop_reason = f"{_node_label(node)}: {stop}"
@@ -579,8 +613,9 @@ def _copy_walk(w: _Walk) -> _Walk:
     return c
 
 
-def lower(model: onnx.ModelProto, source: str = "model") -> Network:
-    """Lower an in-memory ONNX model to a ``Network`` (raises ``InputError`` with ``source`` named)."""
+def check_input(model: onnx.ModelProto, source: str = "model") -> onnx.ValueInfoProto:
+    """The model's single input, refused (``InputError`` naming ``source``) unless it is a float32 or
+    float64 tensor with static, positive dims except a batch axis 0 (a 1-D input has no batch axis)."""
     inputs = real_inputs(model)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
@@ -597,12 +632,18 @@ def lower(model: onnx.ModelProto, source: str = "model") -> Network:
     if not shape:
         raise InputError(f"{source}: input '{inp.name}' has no shape")
     for axis, d in enumerate(shape):
-        if axis > 0 and not isinstance(d, int):
-            raise InputError(
-                f"{source}: input '{inp.name}' has dynamic dimension {d!r} at axis {axis}; only axis 0 (batch) may be dynamic"
-            )
+        if (axis > 0 or len(shape) == 1) and not isinstance(d, int):
+            what = "only axis 0 (batch) may be dynamic" if len(shape) > 1 else "a 1-D input has no batch axis"
+            raise InputError(f"{source}: input '{inp.name}' has dynamic dimension {d!r} at axis {axis}; {what}")
         if isinstance(d, int) and d <= 0:
             raise InputError(f"{source}: input '{inp.name}' has dimension {d} at axis {axis}")
+    return inp
+
+
+def lower(model: onnx.ModelProto, source: str = "model") -> Network:
+    """Lower an in-memory ONNX model to a ``Network`` (raises ``InputError`` with ``source`` named)."""
+    inp = check_input(model, source)
+    elem = inp.type.tensor_type.elem_type
     lw = _Lowerer(model, source)
     lw.elem_type = elem
     walk = lw.best_chain()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from math import prod
 from typing import Iterator
@@ -30,7 +31,14 @@ CPU = "CPUExecutionProvider"
 
 def _quiet_options() -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # Fatal only: every error onnxruntime raises becomes onnxcomp's own one-line message, so its log
+    # line for the same error (severity 3) would only say it twice, in another format.
+    so.log_severity_level = 4
+    # onnxruntime rewrites DequantizeLinear(int8 weight) -> MatMul into MatMulNBits, which by default
+    # quantizes the activations to int8 as well (accuracy level 4): the model then computes ~0.5%
+    # away from what its graph says, and no equivalence check against it could pass.  Level 1 keeps
+    # the activations in float32, as the ONNX semantics of the graph do.
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     return so
 
 
@@ -92,13 +100,39 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto") -> ort.Inferen
             m.ParseFromString(data)
         except Exception:
             m = None
+    if m is not None and m.ir_version > _max_ir_version():
+        # onnx.helper stamps the newest IR version, which onnxruntime may not know yet although the
+        # graph uses nothing of it; the IR version says how the file is laid out, not what ops compute
+        # (that is the opset), so the model runs stamped with the newest version onnxruntime loads.
+        # A graph that really needs the newer IR still fails below, on the feature it needs.
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        m2.ir_version = _max_ir_version()
+        m, data = m2, m2.SerializeToString()
     disabled = _FLOAT64_UNSAFE_OPTIMIZERS if m is not None and _has_float64_input(m) else None
     provs = providers(device)
     try:
         return ort.InferenceSession(data, _quiet_options(), providers=provs, disabled_optimizers=disabled)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"onnxruntime cannot load the model: {first}") from None
+        raise InputError(f"onnxruntime cannot load the model: {ort_message(exc)}") from None
+
+
+def _max_ir_version() -> int:
+    from .writer import max_ir_version
+
+    return max_ir_version()
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_CPP_LOCATION = re.compile(r"^/\S+:\d+ .*?\) (?=[A-Z])")
+
+
+def ort_message(exc: Exception) -> str:
+    """The first line of an onnxruntime error without its status code and C++ source location."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    first = _ORT_PREFIX.sub("", first)
+    return _CPP_LOCATION.sub("", first) or first
 
 
 def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -187,15 +221,24 @@ class Runner:
                 return False
         return True
 
+    def _call(self, feed: np.ndarray) -> list:
+        try:
+            return self.sess.run(self.output_names, {self.input_name: feed})
+        except Exception as exc:  # a model that loads but cannot compute (shapes clash at run time)
+            raise InputError(f"onnxruntime cannot run the model: {ort_message(exc)}") from None
+
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         feed = x.astype(self.np_dtype, copy=False).reshape((x.shape[0],) + self.sample_shape)
-        outs = self.sess.run(self.output_names, {self.input_name: feed})
+        outs = self._call(feed)
         result = []
         for j, o in enumerate(outs):
             o = np.asarray(o)
             axis = self.output_batch_axes[j] if j < len(self.output_batch_axes) else 0
             if o.ndim > axis > 0 and o.shape[axis] == x.shape[0]:
                 o = np.moveaxis(o, axis, 0)
+            if o.size % x.shape[0] or (o.ndim == 0 and x.shape[0] > 1):
+                raise InputError(f"output '{self.output_names[j]}' has shape {list(o.shape)} for a batch of "
+                                 f"{x.shape[0]} samples: onnxcomp needs the same number of outputs for every sample")
             result.append(o.reshape(x.shape[0], -1) if o.ndim >= 1 else o.reshape(1, 1))
         return result
 
@@ -224,7 +267,7 @@ class Runner:
 
     def _run_single(self, row: np.ndarray) -> list[np.ndarray]:
         feed = row.astype(self.np_dtype).reshape(self.sample_shape)
-        outs = self.sess.run(self.output_names, {self.input_name: feed})
+        outs = self._call(feed)
         return [np.asarray(o).reshape(1, -1) for o in outs]
 
 

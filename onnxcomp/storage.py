@@ -81,7 +81,9 @@ class _Builder:
         return name
 
     def const(self, array) -> str:
-        array = np.ascontiguousarray(array)
+        # np.require keeps a 0-d array 0-d (ascontiguousarray would make CumSum's axis a 1-element
+        # vector, which onnxruntime tolerates but the ONNX spec and its reference runtime do not).
+        array = np.require(array, requirements="C")
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self.shared:
             name = self.names(f"onnxcomp.c{len(self.shared)}")

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
+from .interrupt import WRITE_LOCK, WRITTEN
 from .ir import Dense, Network
 from .onnxio import SUPPORTED_FLOAT, real_inputs
 from .reader import COLS, ROWS, VECTOR, OnnxContext
@@ -65,10 +66,15 @@ def standalone_context(n_in: int, n_out: int, dtype: int = TensorProto.FLOAT) ->
 class _Names:
     """Fresh tensor/node names that cannot collide with anything already in the graph."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, dropped: frozenset = frozenset()):
+        # Names of the nodes in ``dropped`` (the old chain) and of initializers only they read vanish
+        # from the output, so they are free again: a file onnxcomp wrote gets the same names when it
+        # is compiled again (the pre-activation outputs must be exactly PRE_PREFIX + k).
         g = model.graph
-        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
-        for n in g.node:
+        kept = [n for i, n in enumerate(g.node) if i not in dropped]
+        self.used = {i.name for i in g.input} | {o.name for o in g.output}
+        self.used |= {t.name for t in g.initializer} & _referenced_names(kept)
+        for n in kept:
             self.used.update(n.output)
             self.used.update(n.input)
             self.used.add(n.name)
@@ -104,7 +110,7 @@ def to_model(
     ctx: OnnxContext = net.onnx if net.onnx is not None else standalone_context(net.input_size, net.output_size)
     src = ctx.model
     g = src.graph
-    names = _Names(src)
+    names = _Names(src, ctx.chain_nodes)
     np_dtype = SUPPORTED_FLOAT[ctx.dtype]
     opset = max([o.version for o in src.opset_import if o.domain in ("", "ai.onnx")] or [13])
     needs_opset = 13 if any(layer.quant is not None for layer in net.layers) else 7
@@ -212,17 +218,20 @@ def save_atomic(model: onnx.ModelProto | bytes, path: str | os.PathLike) -> int:
     """
     path = Path(path)
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # An interruption waits for the lock (see onnxcomp.interrupt): a write is never cut in half.
+    with WRITE_LOCK:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        WRITTEN.append(str(path))
     return len(data)
 
 

@@ -158,6 +158,9 @@ class Network:
         layers = tuple(self.layers)
         if not layers:
             raise ValueError("a Network needs at least one layer")
+        if len({layer.layer_id for layer in layers}) != len(layers):
+            # built in memory with default ids: number the layers so reports stay unambiguous
+            layers = tuple(replace(layer, layer_id=k) for k, layer in enumerate(layers))
         width = self.input_size
         for k, layer in enumerate(layers):
             if layer.n_in != width:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from typing import Optional
 
 import typer
@@ -279,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map every failure to one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    with warnings.catch_warnings():
+        if not debug:  # library warnings (numpy overflow, deprecations) would break the one-line contract
+            warnings.simplefilter("ignore")
+        return _run_command(argv, debug)
+
+
+def _run_command(argv: list[str], debug: bool) -> int:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="onnxcomp", standalone_mode=False)

@@ -152,8 +152,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{name}: invalid ONNX model: {first}") from None
+        # The checker's message may span lines (it prints the node); one line, of bounded length.
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text if len(text) <= 300 else text[:297] + "..."
+        raise InputError(f"{name}: invalid ONNX model: {text}") from None
     _check_unique_names(model, name)
     return model
 

@@ -11,9 +11,10 @@ What is absorbed into the chain (all folded exactly, in float64):
 * ``Flatten`` / ``Reshape`` / ``Squeeze`` / ``Unsqueeze`` / ``Transpose`` that only reorder the
   features of one sample, ``Identity`` and inference-mode ``Dropout``.
 
-Constants are initializers, ``Constant`` nodes, or nodes computed from constants only (a weight
-written as ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold; evaluated here with the ONNX
-reference runtime); such nodes used only by the chain disappear with it.
+Constants are initializers (dense or sparse), ``Constant`` nodes, or nodes computed from constants
+only (a weight written as ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold, an int8 weight
+behind ``DequantizeLinear``, the bitmask/delta/packed-code decoders of onnxcomp's own compressed files;
+evaluated here with the ONNX reference runtime); such nodes used only by the chain disappear with it.
 
 The model input's axis 0 is the batch (a 1-D input has none): a chain starts at the input or at a
 tensor inside the graph that keeps that batch axis, so every lowered layer maps one sample to one
@@ -654,6 +655,11 @@ def lower(model: onnx.ModelProto, source: str = "model") -> Network:
             c = lw.const(name)
             if c is not None and np.issubdtype(c.dtype, np.floating) and not np.all(np.isfinite(c)):
                 raise InputError(f"{source}: {_node_label(node)} has NaN or Inf in constant '{name}'")
+    # Finite constants can still overflow when folded together (1e200 * 1e200 in a float64 model).
+    for k, layer in enumerate(layers):
+        if not (np.all(np.isfinite(layer.weight)) and np.all(np.isfinite(layer.bias))):
+            raise InputError(f"{source}: layer {k} (from '{layer.source}') has non-finite weights after folding its "
+                             f"constants (values beyond float range)")
     chain_nodes = set(walk.nodes)
     # Nodes computing constants (Constant, folded Transpose/Cast/...) used only by the chain disappear
     # with it; walking backwards catches a constant computed from another one.

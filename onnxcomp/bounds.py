@@ -171,3 +171,19 @@ def prove(net: Network, bounds: Bounds, row: int = 0) -> tuple[list, list]:
             inactive.append(np.zeros(layer.n_out, dtype=bool))
             active.append(np.zeros(layer.n_out, dtype=bool))
     return inactive, active
+
+
+def row_scales(net: Network, bounds: Bounds, lo: np.ndarray, hi: np.ndarray, row: int = 0) -> list[np.ndarray]:
+    """Per neuron, the magnitude of the terms its pre-activation sums, ``|W_k| max|x_{k-1}| + |b_k|``, with
+    ``|x_{k-1}|`` bounded by the previous layer's computed bounds (the box for the first layer).  Unlike
+    ``magnitudes`` this does not compound over depth: it is the scale of one MILP row."""
+    prev = np.maximum(np.abs(np.asarray(lo, dtype=np.float64)), np.abs(np.asarray(hi, dtype=np.float64))).reshape(-1)
+    out = []
+    for k, layer in enumerate(net.layers):
+        out.append(np.abs(layer.weight) @ prev + np.abs(layer.bias))
+        l, u = bounds.lower[k][row], bounds.upper[k][row]
+        if layer.is_relu:
+            l, u = np.maximum(l, 0.0), np.maximum(u, 0.0)
+        prev = np.maximum(np.abs(l), np.abs(u))
+    return out
+

@@ -17,8 +17,7 @@ from onnxcomp.milp.formulation import BIN, CONT, ReluMilp, build, solution_from_
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from passes.analysis.bounds import crown_bounds, interval_bounds, prove
-from passes.analysis.stability import margins
-from passes.analysis.stability_state import Findings, merge
+from passes.analysis.stability_state import Findings, epsilons, merge
 
 
 def random_net(seed: int, n_in: int, widths, n_out: int = 2, shift: float = 0.0, linear_every: int = 0) -> Network:
@@ -87,7 +86,7 @@ def test_every_forward_pass_satisfies_every_row(seed, n_in, widths, method, line
     open_ = [~(inactive[k] | active[k]) & net.layers[k].is_relu for k in range(len(widths))]
     p_set = [o & (rng.random(o.size) < 0.7) for o in open_]
     q_set = [o & (rng.random(o.size) < 0.7) for o in open_]
-    milp = build(net.layers, box.lo, box.hi, lower, upper, inactive, active, n_layers, p_set, q_set, margins(lower, upper))
+    milp = build(net.layers, box.lo, box.hi, lower, upper, inactive, active, n_layers, p_set, q_set, epsilons(net, box.lo, box.hi))
     # shape facts: one binary z per open ReLU neuron, plus its indicators; proven inactive ones have no variable
     assert len(milp.z_vars) == sum(int(open_[k].sum()) for k in range(n_layers))
     assert len(milp.p_vars) == sum(int(p_set[k].sum()) for k in range(n_layers))
@@ -244,9 +243,9 @@ def test_bounds_excluding_a_real_preactivation_never_become_a_proof(solver):
 
 # ---- the epsilon policy -----------------------------------------------------------------------------
 def near_zero_net() -> Network:
-    """On [0,1]^2: y0 = x1 + x2 - 2 + 1e-6 has maximum 1e-6 (at the corner (1,1)), below the MILP margin
-    epsilon (1e-5 x bound scale); y1 = x1 - x2 is unstable."""
-    return Network((Dense(np.array([[1.0, 1.0], [1.0, -1.0]]), np.array([-2.0 + 1e-6, 0.0])),
+    """On [0,1]^2: y0 = x1 + x2 - 2 + 1e-5 has maximum 1e-5 (at the corner (1,1)), below the MILP margin
+    epsilon (1e-5 x row scale 4 = 4e-5) but above float32 rounding; y1 = x1 - x2 is unstable."""
+    return Network((Dense(np.array([[1.0, 1.0], [1.0, -1.0]]), np.array([-2.0 + 1e-5, 0.0])),
                     Dense(np.array([[3.0, 1.0]]), np.zeros(1), LINEAR)), 2)
 
 

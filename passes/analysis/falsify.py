@@ -1,7 +1,7 @@
 """``falsify``: cheap search for inputs that flip the neurons no earlier pass settled.
 
 For every undecided neuron that has never been seen active (resp. inactive) we look for an input of the
-domain where ``y > 0`` (resp. ``y < 0``): more uniform samples and box vertices in batches, then
+domain where ``y`` is positive (resp. negative) beyond rounding noise (``stability_state.witness_floor``): more uniform samples and box vertices in batches, then
 projected gradient steps on each such neuron's pre-activation toward the unseen state (sign steps
 scaled to the box, projected back into it), started from random points and the box centre.  Every
 witness is a real float64 forward pass of a point inside the box, so it is a genuine proof that the
@@ -17,16 +17,16 @@ import numpy as np
 from onnxcomp.ir import Network
 from onnxcomp.pipeline import ANALYSIS, Context, register
 
-from .stability_state import Findings, merge
+from .stability_state import Findings, epsilons, merge, witness_floor
 
 BATCH = 4096
 
 
-def _observe(net: Network, x: np.ndarray, seen_a: list, seen_i: list, n_layers: int) -> None:
+def _observe(net: Network, x: np.ndarray, seen_a: list, seen_i: list, n_layers: int, eps: list) -> None:
     _, pres = net.forward(x, preactivations=True)
     for k in range(n_layers):
-        seen_a[k] |= (pres[k] > 0).any(axis=0)
-        seen_i[k] |= (pres[k] < 0).any(axis=0)
+        seen_a[k] |= (pres[k] > eps[k]).any(axis=0)
+        seen_i[k] |= (pres[k] < -eps[k]).any(axis=0)
 
 
 def preactivation_gradients(net: Network, x: np.ndarray, layer: int, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +85,7 @@ def run(net: Network, ctx: Context) -> Findings:
     seen_i = [a.copy() for a in state.seen_inactive]
     rng = ctx.rng(1)
     box = ctx.box
+    eps = witness_floor(epsilons(net, box.lo, box.hi))
 
     def open_count() -> int:
         return sum(int(((~seen_a[k] & ~state.proven_inactive[k] & ~state.proven_active[k]) |
@@ -96,9 +97,9 @@ def run(net: Network, ctx: Context) -> Findings:
     for s in range(0, n_random, BATCH):
         if open_count() == 0:
             break
-        _observe(net, box.sample(min(BATCH, n_random - s), rng), seen_a, seen_i, n_layers)
+        _observe(net, box.sample(min(BATCH, n_random - s), rng), seen_a, seen_i, n_layers, eps)
     if open_count():
-        _observe(net, box.corners(int(ctx.opt("corners", 1024)), rng), seen_a, seen_i, n_layers)
+        _observe(net, box.corners(int(ctx.opt("corners", 1024)), rng), seen_a, seen_i, n_layers, eps)
     after_sampling = open_count()
     steps = int(ctx.opt("pgd_steps", 40))
     for k in range(n_layers):
@@ -112,7 +113,7 @@ def run(net: Network, ctx: Context) -> Findings:
         direction = np.concatenate([np.ones(need_a.size), -np.ones(need_i.size)])
         for s in range(0, neurons.size, 512):
             pts = pgd_witnesses(net, box.lo, box.hi, k, neurons[s:s + 512], direction[s:s + 512], rng, steps=steps)
-            _observe(net, pts, seen_a, seen_i, n_layers)
+            _observe(net, pts, seen_a, seen_i, n_layers, eps)
     findings = Findings(source="falsify", seen_active=seen_a, seen_inactive=seen_i, fingerprint=net.fingerprint())
     remaining = open_count()
     ctx.entry.update({

@@ -8,7 +8,8 @@ post-activation second moments that linear-dependence analysis needs.  Memory do
 number of samples.
 
 Counts restricted to samples *inside* the domain box are kept apart: only those may be used as
-witnesses that a neuron is not stable over the domain (a data row outside the box proves nothing).
+witnesses that a neuron is not stable over the domain (a data row outside the box proves nothing), and
+they count only pre-activations beyond float32 rounding noise (``stability_state.witness_floor``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import numpy as np
 
 from onnxcomp.ir import Network
 from onnxcomp.pipeline import ANALYSIS, Context, register
+from onnxcomp.reader import has_prefix
 from onnxcomp.runtime import Runner
 from onnxcomp.verify import CORNERS, SAMPLES, sample_inputs
 from onnxcomp.writer import PRE_PREFIX, to_model
+
+from .stability_state import epsilons, witness_floor
 
 BATCH = 8192
 
@@ -57,15 +61,17 @@ class LayerStats:
             self.post_sum = np.zeros(w)
             self.post_outer = np.zeros((w, w))
 
-    def update(self, y: np.ndarray, in_box: np.ndarray | None, relu: bool) -> None:
+    def update(self, y: np.ndarray, in_box: np.ndarray | None, relu: bool, eps: np.ndarray | float = 0.0) -> None:
+        """Add a batch.  ``eps`` is each neuron's rounding-noise floor: the in-domain witness counts need
+        ``y > eps`` / ``y < -eps`` (float32 rounding of an exact 0 must not count as a witness)."""
         y = np.asarray(y, dtype=np.float64)
         self.count += y.shape[0]
         self.min = np.minimum(self.min, y.min(axis=0))
         self.max = np.maximum(self.max, y.max(axis=0))
-        act, inact = y > 0, y < 0
-        self.n_active += act.sum(axis=0)
-        self.n_inactive += inact.sum(axis=0)
+        self.n_active += (y > 0).sum(axis=0)
+        self.n_inactive += (y < 0).sum(axis=0)
         self.sum += y.sum(axis=0)
+        act, inact = y > eps, y < -eps
         if in_box is None or in_box.all():
             self.dom_count += y.shape[0]
             self.dom_active += act.sum(axis=0)
@@ -101,11 +107,11 @@ class ActivationStats:
     sources: dict = field(default_factory=dict)
 
     def seen_active(self, k: int) -> np.ndarray:
-        """Neurons of layer k seen with y > 0 on a sample inside the domain."""
+        """Neurons of layer k seen active (beyond rounding noise) on a sample inside the domain."""
         return self.layers[k].dom_active > 0
 
     def seen_inactive(self, k: int) -> np.ndarray:
-        """Neurons of layer k seen with y < 0 on a sample inside the domain."""
+        """Neurons of layer k seen inactive (beyond rounding noise) on a sample inside the domain."""
         return self.layers[k].dom_inactive > 0
 
     def summary(self) -> dict:
@@ -148,13 +154,17 @@ def collect(
     stats.sources = {"data": n_data, "uniform": n_samples if box is not None else 0,
                      "corners": n_box - n_samples if box is not None else 0}
     total = n_data + n_box
+    # Witnesses must clear float32 rounding noise; without a box over the chain input there is no
+    # stability analysis (and no scale to measure the noise against).
+    on_chain = ctx.box is not None and ctx.box.size == net.input_size and not has_prefix(net)
+    eps = witness_floor(epsilons(net, ctx.box.lo, ctx.box.hi), float32=True) if on_chain else [0.0] * len(net.layers)
     ctx.progress.start("sampling activations", total)
     try:
         for x in sample_inputs(box, ctx.data, n_samples, n_corners, ctx.seed, BATCH):
             in_box = ctx.box.contains(x) if ctx.box is not None else None
             pres = runner.run(x, BATCH)
             for k, (st, y) in enumerate(zip(layers, pres)):
-                st.update(y, in_box, net.layers[k].is_relu)
+                st.update(y, in_box, net.layers[k].is_relu, eps[k])
             stats.samples += x.shape[0]
             stats.in_domain += int(in_box.sum()) if in_box is not None else x.shape[0]
             ctx.progress.advance(x.shape[0])

@@ -16,16 +16,17 @@ Methods (``--stability-method``):
   then ``isa`` on what is left (half the remaining time), then ``split`` again with the rest; for larger
   inputs, ``isa``.
 
-Numerics (the epsilon policy).  A MILP solution is trusted only if a float64 forward pass of its input
-confirms the claimed state; an unconfirmed claim is never counted as a witness and never lets the
-neuron be removed (it is kept, as "ambiguous").  The indicators carry a margin
-``eps_i = 1e-5 * max(1, |l_i|, |u_i|, R_i)`` (ten times the solvers' feasibility tolerance on the scale
-of that neuron's MILP row, ``R_i`` being the magnitude of the terms it sums), so
-a MILP certificate states "no input of the domain reaches ``y >= eps_i``" (or ``y <= -eps_i``).  A
-neuron removed on such a certificate may have a pre-activation in ``(0, eps_i)`` somewhere; the
+Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
+(``stability_state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
+(``stability_state.epsilons``; ``S_i`` is the magnitude of the terms the pre-activation sums, so eps is
+ten times the solvers' feasibility tolerance on the scale of that row): ``p = 1`` needs ``y >= eps_i``,
+``q = 1`` needs ``y <= -eps_i``.  A MILP solution is trusted only if the float64 forward pass of its
+input confirms the claimed state; an unconfirmed claim never counts and never lets the neuron be removed
+(it is kept, as "ambiguous").  A MILP certificate therefore states "no input of the domain reaches
+``y >= eps_i``" (or ``y <= -eps_i``); a neuron removed on one may reach ``(0, eps_i)`` somewhere, and the
 ``fold`` pass reports the resulting worst-case output error bound (``stable.epsilon_error_bound``).
-Bounds and split proofs are exact (epsilon 0).  Time limits and solver failures leave neurons undecided,
-and undecided neurons are kept.
+Bounds and split proofs are exact (epsilon 0).  Time limits and solver
+failures leave neurons undecided, and undecided neurons are kept.
 """
 
 from __future__ import annotations
@@ -40,36 +41,22 @@ from onnxcomp.milp import select
 from onnxcomp.milp.formulation import build, solution_from_input, violations
 from onnxcomp.pipeline import ANALYSIS, Context, register
 
-from onnxcomp.bounds import crown_bounds, interval_bounds, magnitudes
-from .stability_state import Findings, StabilityState, merge
+from onnxcomp.bounds import crown_bounds, interval_bounds
+from .stability_state import Findings, StabilityState, epsilons, merge, witness_floor
 
-EPS_REL = 1e-5
 DEFAULT_TIME_LIMIT = 600.0
 SPLIT_MAX_DIMS = 8
 DEGENERATE = 1e-7
 SPLIT_FIRST_SECONDS = 30.0
 
 
-def margins(lower: list, upper: list, scale: list | None = None) -> list:
-    """The epsilon of every neuron: ``EPS_REL * max(1, |l|, |u|, R)``.  ``R`` (``onnxcomp.bounds.magnitudes``)
-    is the magnitude of the terms summed into the pre-activation, i.e. the scale of that MILP row, where
-    the solver's feasibility tolerance acts; without it a neuron with tiny bounds but large terms (two
-    identical neurons subtracted) could be "shown" active by tolerance slack alone."""
-    scale = scale if scale is not None else [np.zeros_like(l) for l in lower]
-    return [EPS_REL * np.maximum.reduce([np.ones_like(l), np.abs(l), np.abs(u), np.asarray(r).reshape(-1)[:l.size]])
-            for l, u, r in zip(lower, upper, scale)]
-
-
-def _row_scale(net: Network, lo: np.ndarray, hi: np.ndarray) -> list:
-    return [m[0] for m in magnitudes(net, lo[None, :], hi[None, :])]
-
-
 class WitnessOracle:
     """Float64 forward passes of candidate inputs (clipped into the box); records witnessed states."""
 
     def __init__(self, net: Network, lo: np.ndarray, hi: np.ndarray, state: StabilityState, n_layers: int,
-                 p_set: list, q_set: list):
-        self.net, self.lo, self.hi, self.n_layers = net, lo, hi, n_layers
+                 p_set: list, q_set: list, eps: list):
+        self.net, self.lo, self.hi, self.n_layers, self.eps = net, lo, hi, n_layers, eps
+        self.floor = witness_floor(eps)
         self.seen_active = [a.copy() for a in state.seen_active]
         self.seen_inactive = [a.copy() for a in state.seen_inactive]
         self.p_keys = {(k, int(i)) for k in range(n_layers) for i in np.flatnonzero(p_set[k])}
@@ -90,8 +77,8 @@ class WitnessOracle:
         self.observed += 1
         for k in range(self.n_layers):
             y = pres[k][0]
-            self.seen_active[k] |= y > 0
-            self.seen_inactive[k] |= y < 0
+            self.seen_active[k] |= y > self.floor[k]
+            self.seen_inactive[k] |= y < -self.floor[k]
             if self.lower is not None and k < len(self.lower):
                 tol = 1e-9 * (1 + np.abs(y))
                 if np.any((y < self.lower[k] - tol) | (y > self.upper[k] + tol)):
@@ -145,8 +132,8 @@ def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, en
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
     last = max([k + 1 for k in range(n_layers) if p_set[k].any() or q_set[k].any()], default=0)
-    eps = margins(lower, upper, _row_scale(net, ctx.box.lo, ctx.box.hi))
-    oracle = WitnessOracle(net, ctx.box.lo, ctx.box.hi, state, n_layers, p_set, q_set)
+    eps = epsilons(net, ctx.box.lo, ctx.box.hi)
+    oracle = WitnessOracle(net, ctx.box.lo, ctx.box.hi, state, n_layers, p_set, q_set, eps)
     findings = Findings(source="milp", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
                         fingerprint=net.fingerprint())
     if last == 0:
@@ -228,7 +215,7 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     lo0, hi0 = ctx.box.lo, ctx.box.hi
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
-    oracle = WitnessOracle(net, lo0, hi0, state, n_layers, p_set, q_set)
+    oracle = WitnessOracle(net, lo0, hi0, state, n_layers, p_set, q_set, epsilons(net, lo0, hi0))
     sizes = [net.layers[k].n_out for k in range(n_layers)]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     relu_flat = np.concatenate([np.full(n, net.layers[k].is_relu) for k, n in enumerate(sizes)]) if sizes else np.zeros(0, bool)
@@ -337,8 +324,7 @@ def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarr
     q_masks = [open_q[offsets[k]:offsets[k + 1]] for k in range(n_layers)]
     stable_in = [u <= 0 for u in ups]
     stable_act = [l >= 0 for l in lows]
-    milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks,
-                 margins(lows, ups, _row_scale(net, lo, hi)))
+    milp = build(net.layers, lo, hi, lows, ups, stable_in, stable_act, last, p_masks, q_masks, oracle.eps)
     start = checked_start(milp, net, (lo + hi) / 2, lows, ups)
     oracle.restrict(lo, hi, p_masks, q_masks)
     oracle.trust(lows, ups)
@@ -372,7 +358,8 @@ def per_neuron(net: Network, ctx: Context, state: StabilityState, time_limit: fl
     upper = [u.copy() for u in upper]
     inactive = [a.copy() for a in state.proven_inactive]
     active = [a.copy() for a in state.proven_active]
-    eps = margins(lower, upper, _row_scale(net, ctx.box.lo, ctx.box.hi))
+    eps = epsilons(net, ctx.box.lo, ctx.box.hi)
+    floor = witness_floor(eps)
     proven_in = [np.zeros(l.n_out, bool) for l in net.layers]
     proven_act = [np.zeros(l.n_out, bool) for l in net.layers]
     seen_a = [a.copy() for a in state.seen_active]
@@ -406,8 +393,8 @@ def per_neuron(net: Network, ctx: Context, state: StabilityState, time_limit: fl
                     x = np.clip(out.x0, ctx.box.lo, ctx.box.hi)[None, :]
                     _, pres = net.forward(x, preactivations=True)
                     for j in range(n_layers):
-                        seen_a[j] |= pres[j][0] > 0
-                        seen_i[j] |= pres[j][0] < 0
+                        seen_a[j] |= pres[j][0] > floor[j]
+                        seen_i[j] |= pres[j][0] < -floor[j]
                 if out.bound is None or out.status not in ("optimal", "infeasible"):
                     complete = False
                     continue

@@ -2,8 +2,10 @@
 
 Vocabulary (ISA paper §4): a neuron is *stably inactive* when ``y <= 0`` for every input of the
 domain, *stably active* when ``y >= 0`` for every input, otherwise *unstable*.  A witness (an input of
-the domain where ``y > 0`` or ``y < 0``) disproves one of the two; only a certificate (a bounds proof or
-a MILP optimality proof) proves one.  Neurons with neither are *undecided* and are always kept.
+the domain where ``y`` is positive or negative beyond rounding noise, see ``witness_floor``) disproves
+one of the two; only a certificate (a bounds proof, exact, or a MILP optimality proof up to the margin
+of ``epsilons``) proves one.
+Neurons with neither are *undecided* and are always kept.
 
 Each analysis returns ``Findings``; ``merge`` combines them (and the ``sample`` pass's in-domain
 witnesses) in the order the passes ran.  A certificate contradicted by a witness is never used: the
@@ -19,6 +21,36 @@ import numpy as np
 from onnxcomp.ir import Network
 
 ACTIVE, INACTIVE = "active", "inactive"
+
+EPS_REL = 1e-5
+"""MILP margin of a pre-activation, relative to the scale of its row (see ``epsilons``)."""
+WITNESS_FLOAT64 = 1e-4
+WITNESS_FLOAT32 = 1e-1
+"""Witness thresholds as fractions of that margin: above float64 / float32 rounding noise of an exact 0."""
+
+
+def epsilons(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+    """The MILP margin of every neuron's pre-activation over the box: ``1e-5 * max(1, S_i)`` with ``S_i``
+    the magnitude of the terms the pre-activation sums (``onnxcomp.bounds.row_scales``), i.e. ten times
+    the solvers' feasibility tolerance on the scale of that MILP row.  A MILP certificate states that no
+    input reaches ``y >= eps`` (``y <= -eps``); a neuron removed on one may reach ``(0, eps)``, and
+    ``fold`` reports the resulting worst-case output error.
+
+    Witnesses use much smaller thresholds (``witness_floor``): only rounding noise of a pre-activation
+    that is 0 in exact arithmetic is ignored, so any real activity seen keeps the neuron."""
+    from onnxcomp.bounds import crown_bounds, row_scales
+
+    lo = np.asarray(lo, dtype=np.float64).reshape(-1)
+    hi = np.asarray(hi, dtype=np.float64).reshape(-1)
+    b = crown_bounds(net, lo[None, :], hi[None, :])
+    return [EPS_REL * np.maximum(1.0, s) for s in row_scales(net, b, lo, hi)]
+
+
+def witness_floor(eps: list, float32: bool = False) -> list:
+    """Per neuron, how far from 0 a computed pre-activation must be to count as a witness: above the
+    rounding noise of float64 (analyses) or float32 (onnxruntime sampling) forward passes."""
+    frac = WITNESS_FLOAT32 if float32 else WITNESS_FLOAT64
+    return [frac * e for e in eps]
 
 
 @dataclass

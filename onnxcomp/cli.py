@@ -19,6 +19,7 @@ from rich.table import Table
 from . import __version__
 from .api import RunOptions, compile_model, inspect_model, verify_files
 from .errors import OnnxcompError
+from .milp import SOLVERS
 from .pipeline import COMPOSITES, REGISTRY, Progress, load_passes
 from .verify import ATOL, CORNERS, RTOL, SAMPLES
 
@@ -121,7 +122,6 @@ def _print_run(report) -> None:
         out.print(f"  domain: {report.domain['note']}")
 
 
-_SOLVERS = ("auto", "scip", "gurobi")
 """--solver values (those ``onnxcomp.milp.select`` takes)."""
 
 _LAP_VARIANTS = {"full": ("full", None), "lap": ("full", None), "forward": ("forward", None), "lfp": ("forward", None),
@@ -176,8 +176,8 @@ def run(
     """Compile MODEL with the given passes, verify the result against MODEL, write it to OUTPUT."""
     # Checked here, not where they are used: a pass that never reaches its solver would otherwise
     # accept a misspelt value silently.
-    if solver not in _SOLVERS:
-        raise click_exceptions.BadParameter(f"{solver!r}: expected one of {', '.join(_SOLVERS)}", param_hint="--solver")
+    if solver not in SOLVERS:
+        raise click_exceptions.BadParameter(f"{solver!r}: expected one of {', '.join(SOLVERS)}", param_hint="--solver")
     from passes.analysis.stability import METHODS
 
     if stability_method not in METHODS:

@@ -236,13 +236,12 @@ def measure_latency(model: onnx.ModelProto | bytes, data: np.ndarray, device: st
     ``data``.  Each size is warmed up, then repeated until ``seconds`` or ``max_repeats``."""
     m = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
     runner = Runner.create(m, device)  # every graph output, as a deployed model computes them
-    data = np.asarray(data, dtype=np.float64)
     out = {}
     for size in batches:
         if not runner.batchable and size > 1:
             continue
         idx = np.arange(size) % data.shape[0]
-        x = data[idx]
+        x = np.asarray(data[idx], dtype=np.float64)  # only the rows timed (data may be a memory map)
         runner.run(x, batch_size=size)
         times = []
         start = time.perf_counter()

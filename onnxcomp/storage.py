@@ -316,13 +316,10 @@ def encode_weight(layer: Dense, k: int, np_dtype, names, opset: int, *, position
     return encode(layer, np_dtype, names, k, best[0], out)
 
 
-class _TrialNames:
-    """A names() stand-in that proposes unique names without reserving them in the real table, and
-    sees (a copy of) the constants already shared in the model."""
+class UniqueNames:
+    """Hands out names not in ``used`` (``base``, then ``base_1``, ``base_2``, ...), reserving them."""
 
-    def __init__(self, names):
-        self.used = set(getattr(names, "used", set()))
-        self.storage_constants = dict(getattr(names, "storage_constants", None) or {})
+    used: set
 
     def __call__(self, base: str) -> str:
         name, k = base, 1
@@ -330,6 +327,15 @@ class _TrialNames:
             name, k = f"{base}_{k}", k + 1
         self.used.add(name)
         return name
+
+
+class _TrialNames(UniqueNames):
+    """Proposes unique names without reserving them in the real table, and sees (a copy of) the
+    constants already shared in the model."""
+
+    def __init__(self, names):
+        self.used = set(getattr(names, "used", set()))
+        self.storage_constants = dict(getattr(names, "storage_constants", None) or {})
 
 
 def storage_summary(model: onnx.ModelProto) -> dict:

@@ -23,7 +23,7 @@ from .interrupt import WRITE_LOCK, WRITTEN
 from .ir import Dense, Network
 from .onnxio import SUPPORTED_FLOAT, real_inputs
 from .reader import COLS, ROWS, VECTOR, OnnxContext
-from .storage import encode_weight
+from .storage import UniqueNames, encode_weight
 
 PRE_PREFIX = "onnxcomp/pre/"
 """Name prefix of the extra graph outputs exposing pre-activations (``expose_preactivations``)."""
@@ -63,7 +63,7 @@ def standalone_context(n_in: int, n_out: int, dtype: int = TensorProto.FLOAT) ->
     )
 
 
-class _Names:
+class _Names(UniqueNames):
     """Fresh tensor/node names that cannot collide with anything already in the graph."""
 
     def __init__(self, model: onnx.ModelProto, dropped: frozenset = frozenset()):
@@ -78,13 +78,6 @@ class _Names:
             self.used.update(n.output)
             self.used.update(n.input)
             self.used.add(n.name)
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
 
 
 def _weight_tensors(layer: Dense, k: int, np_dtype, names: _Names, opset: int, plain: bool = False):

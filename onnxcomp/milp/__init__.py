@@ -24,6 +24,10 @@ import numpy as np
 from .formulation import ReluMilp
 
 
+SOLVERS = ("auto", "scip", "gurobi")
+"""Values of ``--solver``."""
+
+
 class IsaOracle(Protocol):
     def observe(self, x0: np.ndarray) -> None: ...
 
@@ -70,7 +74,7 @@ def select(name: str, milp: ReluMilp) -> Selection:
     """The backend for ``name`` in {auto, scip, gurobi}; ``auto`` prefers a licensed Gurobi."""
     from . import scip
 
-    if name not in ("auto", "scip", "gurobi"):
+    if name not in SOLVERS:
         from ..errors import UsageError
 
         raise UsageError(f"--solver {name!r}: expected auto, scip or gurobi")

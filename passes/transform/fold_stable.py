@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Dense, Network
@@ -130,6 +129,8 @@ class _Folder:
                 continue
             ws = lay.w[s]
             # Greedy basis of the rows of W_S: QR with column pivoting on W_S^T.
+            import scipy.linalg  # imported here: scipy costs half a second of every CLI start
+
             _, r, piv = scipy.linalg.qr(ws.T, mode="economic", pivoting=True)
             diag = np.abs(np.diag(r))
             if diag.size == 0 or diag[0] == 0:

@@ -94,11 +94,11 @@ def labels_from_data_file(path: str, n_rows: int) -> np.ndarray | None:
     return load_labels(path, n_rows)
 
 
-def iter_rows(data: np.ndarray, batch: int = CHUNK):
-    """Float64 batches of a (possibly memory-mapped) array; a memory map keeps only about one batch
-    of the file resident."""
+def iter_rows(data: np.ndarray, batch: int = CHUNK, dtype=np.float64):
+    """Batches of a (possibly memory-mapped) array, as ``dtype``; a memory map keeps only about one
+    batch of the file resident."""
     for start in range(0, data.shape[0], batch):
-        part = np.array(data[start : start + batch], dtype=np.float64)
+        part = np.array(data[start : start + batch], dtype=dtype)
         release(data)
         yield part
 

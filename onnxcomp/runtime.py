@@ -85,10 +85,12 @@ def _has_float64_input(model: onnx.ModelProto) -> bool:
     return bool(inputs) and inputs[0].type.tensor_type.elem_type == TensorProto.DOUBLE
 
 
-def session(model: onnx.ModelProto | bytes, device: str = "auto") -> ort.InferenceSession:
+def session(model: onnx.ModelProto | bytes, device: str = "auto", spinning: bool = True) -> ort.InferenceSession:
     """An inference session on the chosen device; ``InputError`` if onnxruntime refuses the model.
 
     Float64 models are run without the optimizers that would round their constants to float32.
+    ``spinning=False`` stops onnxruntime's worker threads from spinning after a run: for callers that
+    do their own numpy work between runs (activation sampling), which spinning threads would slow down.
     """
     if isinstance(model, bytes):
         data, m = model, None
@@ -111,8 +113,11 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto") -> ort.Inferen
         m, data = m2, m2.SerializeToString()
     disabled = _FLOAT64_UNSAFE_OPTIMIZERS if m is not None and _has_float64_input(m) else None
     provs = providers(device)
+    options = _quiet_options()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(data, _quiet_options(), providers=provs, disabled_optimizers=disabled)
+        return ort.InferenceSession(data, options, providers=provs, disabled_optimizers=disabled)
     except Exception as exc:
         raise InputError(f"onnxruntime cannot load the model: {ort_message(exc)}") from None
 
@@ -174,7 +179,8 @@ class Runner:
     output_batch_axes: tuple = ()
 
     @classmethod
-    def create(cls, model: onnx.ModelProto, device: str = "auto", output_names: list | None = None) -> "Runner":
+    def create(cls, model: onnx.ModelProto, device: str = "auto", output_names: list | None = None,
+               spinning: bool = True) -> "Runner":
         inp = real_inputs(model)[0]
         shape = value_shape(inp)
         elem = inp.type.tensor_type.elem_type
@@ -190,17 +196,17 @@ class Runner:
             dyn = _with_dynamic_batch(model)
             if dyn is not None:
                 try:
-                    sess = session(dyn, device)
+                    sess = session(dyn, device, spinning)
                     batchable = True
                 except InputError:
                     sess = None
         if sess is None:
-            sess = session(model, device)
+            sess = session(model, device, spinning)
         runner = cls(sess, inp.name, sample_shape, has_batch, batchable, np_dtype, names, group, axes)
         if batchable and has_batch and isinstance(shape[0], int):
             # The graph was written for batch 1: trust the batched copy only if it agrees.
             if not runner._batched_agrees():
-                runner.sess, runner.batchable = session(model, device), False
+                runner.sess, runner.batchable = session(model, device, spinning), False
         return runner
 
     @property

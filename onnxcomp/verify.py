@@ -63,10 +63,12 @@ def sample_inputs(
     corners: int = CORNERS,
     seed: int = 0,
     batch: int = BATCH,
+    data_dtype=np.float64,
 ) -> Iterator[np.ndarray]:
-    """Float64 batches: the data rows, then uniform samples of the box, then its corners."""
+    """Batches: the data rows (as ``data_dtype``), then uniform samples of the box, then its corners
+    (float64)."""
     if data is not None:
-        yield from iter_rows(data, batch)
+        yield from iter_rows(data, batch, data_dtype)
     if box is None:
         return
     rng = np.random.default_rng(seed)

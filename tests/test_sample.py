@@ -55,18 +55,27 @@ def numerical_zero(net, box):
 
 
 def assert_counts_bracket(stats, net, x, in_box, eps):
-    """Each neuron's counts agree with a float64 numpy forward pass of the same rows, up to the rows whose
-    pre-activation lies within float32 rounding of the threshold (where onnxruntime may round either
-    way): all rows count ``y > 0`` / ``y < 0``, in-domain rows ``y > eps`` / ``y < -eps``."""
+    """Each neuron's statistics agree with a float64 numpy forward pass of the same rows, up to float32
+    rounding: ``n_active`` counts ``y > 0`` (bracketed by the rows within rounding of 0), the in-domain
+    extremes are those of the in-box rows, and the witnesses are those extremes beyond ``eps``."""
     _, pres = net.forward(x, preactivations=True)
     for k, y in enumerate(pres):
         tol = 1e-5 * (1.0 + np.abs(y).max(initial=0.0))
         s = stats.layers[k]
         assert s.count == x.shape[0] and s.dom_count == int(in_box.sum())
-        for got, rows, sign, zero in ((s.n_active, y, 1, 0.0), (s.n_inactive, y, -1, 0.0),
-                                      (s.dom_active, y[in_box], 1, eps[k]), (s.dom_inactive, y[in_box], -1, eps[k])):
-            assert np.all(got >= (sign * rows > zero + tol).sum(axis=0)), f"layer {k}: too few counted"
-            assert np.all(got <= (sign * rows > zero - tol).sum(axis=0)), f"layer {k}: too many counted"
+        assert np.all(s.n_active >= (y > tol).sum(axis=0)), f"layer {k}: too few counted"
+        assert np.all(s.n_active <= (y > -tol).sum(axis=0)), f"layer {k}: too many counted"
+        inside = y[in_box]
+        if inside.shape[0]:
+            np.testing.assert_allclose(s.dom_min, inside.min(axis=0), atol=tol)
+            np.testing.assert_allclose(s.dom_max, inside.max(axis=0), atol=tol)
+            certain_a = inside.max(axis=0) > eps[k] + tol
+            certain_i = inside.min(axis=0) < -eps[k] - tol
+            assert np.all(s.seen_active[certain_a]) and np.all(s.seen_inactive[certain_i])
+            assert not np.any(s.seen_active[inside.max(axis=0) < eps[k] - tol])
+            assert not np.any(s.seen_inactive[inside.min(axis=0) > -eps[k] + tol])
+        else:
+            assert not s.seen_active.any() and not s.seen_inactive.any()
         if x.shape[0]:
             np.testing.assert_allclose(s.min, y.min(axis=0), atol=tol)
             np.testing.assert_allclose(s.max, y.max(axis=0), atol=tol)
@@ -77,7 +86,7 @@ def same_stats(a, b):
     """Counts, min and max identical; sums equal up to the order of the float64 additions."""
     assert (a.samples, a.in_domain, a.sources) == (b.samples, b.in_domain, b.sources)
     for sa, sb in zip(a.layers, b.layers):
-        for f in ("count", "dom_count", "min", "max", "n_active", "n_inactive", "dom_active", "dom_inactive"):
+        for f in ("count", "dom_count", "min", "max", "n_active", "dom_min", "dom_max"):
             assert np.array_equal(getattr(sa, f), getattr(sb, f)), f
         np.testing.assert_allclose(sa.sum, sb.sum, rtol=1e-12, atol=1e-9)
         if sa.covariance:
@@ -158,8 +167,9 @@ def test_rows_outside_the_domain_are_not_witnesses():
     s = stats.layers[0]
     assert (stats.samples, stats.in_domain) == (6, 4)
     assert s.n_active.tolist() == [1, 1, 3]  # every row is a sample ...
-    assert s.dom_active.tolist() == [0, 0, 2]  # ... but only in-box rows are witnesses
-    assert s.dom_inactive.tolist() == [4, 4, 2]
+    assert s.seen_active.tolist() == [False, False, True]  # ... but only in-box rows are witnesses
+    assert s.seen_inactive.tolist() == [True, True, True]
+    assert s.dom_max.tolist() == pytest.approx([-0.2, -0.5, 0.5])  # the in-box rows' extremes
     assert stats.seen_active(0).tolist() == [False, False, True]
     assert ctx.log[-1]["layers"][0]["never_active"] == 2
     state = merge(net, ctx.annotations)

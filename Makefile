@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test bench models lint clean
+.PHONY: install test bench bench-quick models clean
 
 install:  ## install onnxcomp with the test dependencies
 	$(PIP) install -q -e ".[dev]"
@@ -9,10 +9,15 @@ install:  ## install onnxcomp with the test dependencies
 test:  ## the whole test suite (what CI runs)
 	$(PYTHON) -m pytest -n 2 -q --timeout 1800 tests
 
-bench:  ## benchmarks: tables on stdout, CSV + PNG under bench/out/
+bench:  ## benchmarks: tables on stdout, CSV + PNG under bench/out/ (the stability bench takes hours)
 	$(PYTHON) bench/sampling.py
 	$(PYTHON) bench/stability.py
 	$(PYTHON) bench/lossy.py
+
+bench-quick:  ## the same benchmarks on fewer models and shorter limits (minutes)
+	$(PYTHON) bench/sampling.py --quick
+	$(PYTHON) bench/stability.py --quick
+	$(PYTHON) bench/lossy.py --quick
 
 models:  ## re-train the fixture models (needs torch: pip install torch==2.13.0)
 	$(PYTHON) models/train_fixtures.py

@@ -70,6 +70,16 @@ class _Shared:
         self.tightened: set = set()
         self.solutions = 0
         self.lp_inputs = 0
+        self._transformed: dict = {}
+        self.exhausted = False
+
+    def transformed(self, model: Model, var):
+        """The solving-stage twin of an original variable: bounds changed during the search must be
+        changed on it (changing the original variable's bound does not reach the search)."""
+        t = self._transformed.get(var.name)
+        if t is None:
+            t = self._transformed[var.name] = model.getTransformedVar(var)
+        return t
 
     def x0(self, model: Model, sol) -> np.ndarray:
         return np.array([model.getSolVal(sol, v) for v in self.inputs])
@@ -100,7 +110,14 @@ class _Shared:
             if (kind, key) in self.tightened:
                 continue
             self.tightened.add((kind, key))
-            infeasible, tightened = model.tightenVarUbGlobal(var, 0.0)
+            infeasible, tightened = model.tightenVarUbGlobal(self.transformed(model, var), 0.0)
+            if infeasible:
+                # The search had already fixed this indicator to 1 for good: with dual reductions off
+                # SCIP only removes solutions that cannot beat the incumbent (objective 0), so every
+                # improving solution needed it.  It is witnessed now, so no remaining indicator can be
+                # 1 anywhere: the proof is complete.
+                self.exhausted = True
+                model.interruptSolve()
             changed = changed or tightened or infeasible
         return changed
 
@@ -120,10 +137,11 @@ class _IsaConshdlr(Conshdlr):
             return {"result": SCIP_RESULT.FEASIBLE}
         changed = self.s.tighten(self.model, bad + self.s.pending())
         for _, _, var in bad:
+            tvar = self.s.transformed(self.model, var)
             # Branching may have fixed the indicator to 1 in this subtree: nothing acceptable is left here.
-            if var.getLbLocal() > 0.5:
+            if tvar.getLbLocal() > 0.5:
                 return {"result": SCIP_RESULT.CUTOFF}
-            infeasible, tightened = self.model.tightenVarUb(var, 0.0)
+            infeasible, tightened = self.model.tightenVarUb(tvar, 0.0)
             if infeasible:
                 return {"result": SCIP_RESULT.CUTOFF}
             changed = changed or tightened
@@ -201,7 +219,9 @@ class ScipBackend:
         # With a feasible start (all indicators 0) only "optimal" is a proof; "infeasible" would be
         # numerical trouble, never a certificate.
         clean = model.getNSols() == 0 or model.getSolObjVal(model.getBestSol()) < 0.5
-        proven = (status == "optimal" and clean) or oracle.finished()
+        proven = (status == "optimal" and clean) or oracle.finished() or (shared.exhausted and clean)
+        if shared.exhausted and clean:
+            status = "optimal (remaining indicators excluded)"
         if status == "optimal" and not clean:
             status = "optimal with a claiming incumbent (not a proof)"
         return IsaOutcome(proven, status, time.perf_counter() - t0, nodes, shared.solutions, shared.lp_inputs, NAME)

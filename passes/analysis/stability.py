@@ -126,11 +126,48 @@ def _ensure_bounds(net: Network, ctx: Context, state: StabilityState) -> tuple[l
 
 
 def isa(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
-    """ISA: one MILP for all remaining neurons (see module docstring)."""
+    """ISA: one MILP for all remaining neurons (see module docstring).
+
+    Its proof is all or nothing: one hard neuron keeps the optimum from being proven, and then nothing
+    is proven.  So when the single MILP does not finish in a third of the time, the rest goes to
+    one ISA MILP per layer (first layer first, each formulation truncated after its layer and using what
+    the earlier layers proved), so that the neurons that can be settled are."""
+    start = time.perf_counter()
+    found = _isa_once(net, ctx, state, time_limit / 3, entry)
+    if found.proven_inactive is not None or entry.get("status") == "nothing to prove":
+        return found
+    parts = [found]
+    annotations = {"isa": found}
+    layered = []
+    n_layers = len(net.layers) - 1
+    todo = [k for k in range(n_layers) if net.layers[k].is_relu]
+    for j, k in enumerate(todo):
+        remaining = time_limit - (time.perf_counter() - start)
+        if remaining <= 0.05:
+            break
+        st = merge(net, {**ctx.annotations, **annotations})
+        sub: dict = {}
+        part = _isa_once(net, ctx, st, remaining / (len(todo) - j), sub, only_layer=k)
+        if sub.get("status") == "nothing to prove":
+            continue
+        parts.append(part)
+        annotations[f"isa-layer-{k}"] = part
+        layered.append({"layer": net.layers[k].layer_id, "status": sub.get("status"),
+                        "seconds": sub.get("milp_seconds"), "proven": part.proven_inactive is not None})
+    entry["layered"] = layered
+    return Findings(source="milp", fingerprint=net.fingerprint(), parts=parts)
+
+
+def _isa_once(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict,
+              only_layer: int | None = None) -> Findings:
+    """One ISA MILP over every open neuron (or only those of ``only_layer``, the formulation ending there)."""
     n_layers = len(net.layers) - 1
     lower, upper = _ensure_bounds(net, ctx, state)
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
+    if only_layer is not None:
+        p_set = [m if k == only_layer else np.zeros_like(m) for k, m in enumerate(p_set)]
+        q_set = [m if k == only_layer else np.zeros_like(m) for k, m in enumerate(q_set)]
     last = max([k + 1 for k in range(n_layers) if p_set[k].any() or q_set[k].any()], default=0)
     eps = epsilons(net, ctx.box.lo, ctx.box.hi)
     oracle = WitnessOracle(net, ctx.box.lo, ctx.box.hi, state, n_layers, p_set, q_set, eps)

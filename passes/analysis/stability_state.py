@@ -76,8 +76,8 @@ class Findings:
     parts: list | None = None
 
     def flatten(self) -> list:
-        """This finding, or the findings it is made of (one per method a pass ran)."""
-        return [f for p in self.parts for f in p.flatten()] if self.parts else [self]
+        """This finding and the findings it carries (one per method or kind of certificate a pass had)."""
+        return [self] + [f for p in (self.parts or []) for f in p.flatten()]
 
 
 @dataclass

@@ -45,7 +45,7 @@ from onnxcomp.storage import candidate_formats, encode_weight  # noqa: E402
 from onnxcomp.writer import _Names, to_model  # noqa: E402
 
 MODELS = ROOT / "models"
-PRUNE_MODELS = ["digits_2x100", "mnist_2x100", "mnist_2x100_l1"]
+PRUNE_MODELS = ["digits_2x100", "mnist_2x100", "mnist_2x100_l1", "mnist_4x500"]
 QUANT_MODELS = ["digits_2x100", "mnist_2x100", "mnist_2x100_l1"]
 LATENCY_MODELS = ["mnist_2x200_l1", "mnist_3x100_l1"]
 

@@ -403,3 +403,26 @@ def _feature_width(model: onnx.ModelProto, tensor: str) -> int:
         if vi.name == tensor:
             return vi.type.tensor_type.shape.dim[-1].dim_value
     raise KeyError(tensor)
+
+
+def random_network(rng, n_in: int, widths, n_out: int = 2, *, bias_scale: float = 1.0, shift: float = 0.0,
+                   linear_every: int = 0, activation: str = "relu", fan_in_scaled: bool = False, onnx_context=None):
+    """A random in-memory MLP (``onnxcomp.ir.Network``) for property tests.
+
+    ``rng`` is a seed or a numpy Generator.  Hidden layers draw ``W ~ N(0, 1)`` (divided by sqrt(fan-in)
+    with ``fan_in_scaled``) and ``b ~ N(0, 1) * bias_scale + shift``; with ``linear_every=m`` every m-th
+    hidden layer is linear; the output layer is linear with ``W, b ~ N(0, 1)``.
+    """
+    from onnxcomp.ir import LINEAR, Dense, Network
+
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    layers, prev = [], n_in
+    for k, width in enumerate(widths):
+        act = LINEAR if linear_every and (k + 1) % linear_every == 0 else activation
+        w = rng.normal(size=(width, prev))
+        if fan_in_scaled:
+            w = w / np.sqrt(prev)
+        layers.append(Dense(w, rng.normal(size=width) * bias_scale + shift, act))
+        prev = width
+    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
+    return Network(tuple(layers), n_in, onnx=onnx_context)

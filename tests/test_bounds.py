@@ -12,22 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
+from onnxcomp.ir import LINEAR, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from passes.analysis.bounds import crown_bounds, interval_bounds, prove
+from builders import random_network
+from functools import partial
 
 
-def random_net(seed: int, n_in: int, widths, n_out: int = 2, linear_every: int = 0, shift: float = 0.0) -> Network:
-    """A random ReLU MLP; with ``linear_every=m`` every m-th hidden layer is linear (no ReLU)."""
-    rng = np.random.default_rng(seed)
-    layers, prev = [], n_in
-    for k, w in enumerate(widths):
-        act = LINEAR if linear_every and (k + 1) % linear_every == 0 else RELU
-        layers.append(Dense(rng.normal(size=(w, prev)) / np.sqrt(prev), rng.normal(size=w) * 0.5 + shift, act))
-        prev = w
-    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = partial(random_network, bias_scale=0.5, fan_in_scaled=True)
 
 
 def random_boxes(rng: np.random.Generator, n_boxes: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,19 +7,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
+from onnxcomp.ir import Box, Dense
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from passes.analysis.dependence import Moments, affine_predictor
+from builders import random_network
+from functools import partial
 
 
-def random_net(rng, n_in, widths, n_out):
-    layers, w = [], n_in
-    for h in widths:
-        layers.append(Dense(rng.normal(size=(h, w)), rng.normal(scale=0.3, size=h), RELU))
-        w = h
-    layers.append(Dense(rng.normal(size=(n_out, w)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = partial(random_network, bias_scale=0.3)
 
 
 def insert_neuron(net, k, row, bias):

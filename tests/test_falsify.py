@@ -10,20 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
+from onnxcomp.ir import LINEAR, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from passes.analysis.falsify import pgd_witnesses, preactivation_gradients
 from passes.analysis.stability_state import merge
+from builders import random_network
+from functools import partial
 
 
-def random_net(seed: int, n_in: int, widths, n_out: int = 2, shift: float = 0.0) -> Network:
-    rng = np.random.default_rng(seed)
-    layers, prev = [], n_in
-    for w in widths:
-        layers.append(Dense(rng.normal(size=(w, prev)) / np.sqrt(prev), rng.normal(size=w) * 0.5 + shift, RELU))
-        prev = w
-    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = partial(random_network, bias_scale=0.5, fan_in_scaled=True)
 
 
 def l1_ball_net(n: int = 6, centre: float = 0.3, radius: float = 0.05) -> Network:

@@ -18,6 +18,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.writer import to_model
+from builders import random_network
+from functools import partial
 
 STABLE = ["sample", "bounds", "falsify", "milp", "fold"]
 
@@ -45,15 +47,7 @@ def removed(ctx) -> list:
     return [(r["layer"], r["neuron"], r["state"], r["proof"]) for r in ctx.extra["stable"]["removed"]]
 
 
-def random_net(seed: int, n_in: int, widths, n_out: int = 2, shift: float = 0.0, linear_every: int = 0) -> Network:
-    rng = np.random.default_rng(seed)
-    layers, prev = [], n_in
-    for k, w in enumerate(widths):
-        act = LINEAR if linear_every and (k + 1) % linear_every == 0 else RELU
-        layers.append(Dense(rng.normal(size=(w, prev)), rng.normal(size=w) * 0.5 + shift, act))
-        prev = w
-    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
-    return numbered(layers, n_in)
+random_net = partial(random_network, bias_scale=0.5)
 
 
 # ---- the property ------------------------------------------------------------------------------------

@@ -15,16 +15,11 @@ from onnxcomp.formal import max_difference, milp_difference, split_difference
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager, expand
 from onnxcomp.writer import save_atomic, to_model
+from builders import random_network
+from functools import partial
 
 
-def random_net(seed: int, n_in: int, widths, n_out: int = 2) -> Network:
-    rng = np.random.default_rng(seed)
-    layers, prev = [], n_in
-    for w in widths:
-        layers.append(Dense(rng.normal(size=(w, prev)), rng.normal(size=w) * 0.5, RELU))
-        prev = w
-    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = partial(random_network, bias_scale=0.5)
 
 
 def perturbed(net: Network, scale: float, seed: int) -> Network:

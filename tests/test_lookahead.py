@@ -7,20 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Dense, Network
+from onnxcomp.ir import LINEAR, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from passes.analysis.lookahead import lookahead_scores, sequential_masks
 from passes.analysis.scores import magnitude_scores
+from builders import random_network
 
 
-def random_net(rng, n_in, widths, n_out, activation=RELU):
-    layers, w = [], n_in
-    for h in widths:
-        layers.append(Dense(rng.normal(size=(h, w)), rng.normal(size=h), activation))
-        w = h
-    layers.append(Dense(rng.normal(size=(n_out, w)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = random_network
 
 
 def block_distortion(weights, i, o, j):

@@ -18,17 +18,11 @@ from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from passes.analysis.bounds import crown_bounds, interval_bounds, prove
 from passes.analysis.stability_state import Findings, epsilons, merge
+from builders import random_network
+from functools import partial
 
 
-def random_net(seed: int, n_in: int, widths, n_out: int = 2, shift: float = 0.0, linear_every: int = 0) -> Network:
-    rng = np.random.default_rng(seed)
-    layers, prev = [], n_in
-    for k, w in enumerate(widths):
-        act = LINEAR if linear_every and (k + 1) % linear_every == 0 else RELU
-        layers.append(Dense(rng.normal(size=(w, prev)), rng.normal(size=w) * 0.5 + shift, act))
-        prev = w
-    layers.append(Dense(rng.normal(size=(n_out, prev)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = partial(random_network, bias_scale=0.5)
 
 
 def small_case(seed: int) -> tuple[Network, Box]:

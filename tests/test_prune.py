@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Dense, Network
+from onnxcomp.ir import LINEAR, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from onnxcomp.storage import candidate_formats, delta_gaps, encode_weight, materialize
@@ -23,17 +23,12 @@ from onnxcomp.writer import _Names, to_model
 from passes.analysis.lookahead import lookahead_scores, sequential_masks
 
 from conftest import MODELS
+from builders import random_network
 
 DIGITS = MODELS / "data" / "digits_test.npz"
 
 
-def random_net(rng, n_in, widths, n_out):
-    layers, w = [], n_in
-    for h in widths:
-        layers.append(Dense(rng.normal(size=(h, w)), rng.normal(size=h), RELU))
-        w = h
-    layers.append(Dense(rng.normal(size=(n_out, w)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = random_network
 
 
 def run_passes(net, names, **options):

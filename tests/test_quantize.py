@@ -22,17 +22,12 @@ from onnxcomp.reader import read
 from onnxcomp.storage import candidate_formats, encode_weight, materialize, pack_bits, unpack_bits
 from onnxcomp.writer import _Names, to_model
 from passes.transform.quantize import kmeans_layer, weighted_kmeans_1d
+from builders import random_network
 
 DIGITS = MODELS / "data" / "digits_test.npz"
 
 
-def random_net(rng, n_in, widths, n_out):
-    layers, w = [], n_in
-    for h in widths:
-        layers.append(Dense(rng.normal(size=(h, w)), rng.normal(size=h), RELU))
-        w = h
-    layers.append(Dense(rng.normal(size=(n_out, w)), rng.normal(size=n_out), LINEAR))
-    return Network(tuple(layers), n_in)
+random_net = random_network
 
 
 def run_passes(net, names, data=None, labels=None, **options):

@@ -19,18 +19,14 @@ from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from onnxcomp.writer import standalone_context
 from passes.analysis.stability_state import epsilons, merge, witness_floor
+from builders import random_network
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def random_net(rng, n_in, widths, n_out, double=False):
-    layers, w = [], n_in
-    for h in widths:
-        layers.append(Dense(rng.normal(size=(h, w)), rng.normal(scale=0.5, size=h), RELU))
-        w = h
-    layers.append(Dense(rng.normal(size=(n_out, w)), rng.normal(size=n_out), LINEAR))
     ctx = standalone_context(n_in, n_out, TensorProto.DOUBLE) if double else None
-    return Network(tuple(layers), n_in, onnx=ctx)
+    return random_network(rng, n_in, widths, n_out, bias_scale=0.5, onnx_context=ctx)
 
 
 def run_sample(net, box=None, data=None, **options):

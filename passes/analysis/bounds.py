@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.bounds import Bounds, crown_bounds, interval_bounds, magnitudes, prove  # noqa: F401 (re-exported)
+from onnxcomp.bounds import crown_bounds, interval_bounds, prove  # noqa: F401 (crown/interval re-exported)
 from onnxcomp.ir import Network
 from onnxcomp.pipeline import ANALYSIS, Context, register
 

@@ -16,7 +16,7 @@ register_composite("fisher", ["fisher"], "Fisher-importance compression: fisher 
                    "named next, e.g. quantize)", paper="rate-distortion (Gao et al., ICML 2019) §5.3", default_next="prune")
 register_composite("lre", ["dependence", "drop"], "linear redundancy elimination: drop linearly dependent hidden "
                    "neurons (exactly dependent ones losslessly; more with --drop or a budget)",
-                   paper="LRE-AMC (Joo et al.) §3.2-3.3")
+                   paper="LRE-AMC §3.2-3.3")
 from .transform import fold_stable  # noqa: F401
 
 register_composite("stable", ["sample", "bounds", "falsify", "milp", "fold"],

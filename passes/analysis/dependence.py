@@ -456,7 +456,7 @@ def analyse_layers(net: Network, ctx: Context, moments: dict, tol: float) -> lis
 
 
 @register("dependence", ANALYSIS, "linear dependence of hidden activations (LRE): residual per neuron, exact flags",
-          paper="LRE-AMC (Joo et al.) §3.2")
+          paper="LRE-AMC §3.2")
 def run(net: Network, ctx: Context) -> Dependence:
     tol = float(ctx.opt("dependence_tol", DEFAULT_TOL))
     if not tol >= 0.0:

@@ -212,7 +212,7 @@ def drop_neurons(net: Network, ctx: Context, chosen: list[Candidate], dep: Depen
 
 
 @register("drop", TRANSFORM, "remove whole hidden neurons, the next layer readjusted by least squares (LRE)",
-          paper="LRE-AMC (Joo et al.) §3.3", exact=False)
+          paper="LRE-AMC §3.3", exact=False)
 def run(net: Network, ctx: Context) -> Network:
     hidden = list(range(len(net.layers) - 1))
     total = sum(net.layers[k].n_out for k in hidden)

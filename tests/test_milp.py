@@ -345,3 +345,40 @@ def test_bad_options_and_missing_domain_are_usage_errors():
         analyse(net, box, stability_method="isa", solver="cplex")
     with pytest.raises(UsageError, match="domain"):
         PassManager().run(net, ["milp"], Context())
+
+
+def max_minus_net(seed: int) -> Network:
+    """2 inputs; u, v random affine; ReLUs r1 = relu(u - v), r2 = relu(v), r3 = relu(-v); a linear layer
+    a = r1 + r2 - r3 (= max(u, v)), b = r2 - r3 (= v); then ReLUs of a - b (>= 0, and 0 wherever u <= v:
+    stably active) and b - a (stably inactive, 0 there too) and of v - u (unstable), as in the max banks of
+    models/external/tll.  Bounds of a - b on pieces where u <= v are only +-rounding margin."""
+    rng = np.random.default_rng(seed)
+    u_w, v_w = rng.normal(size=2), rng.normal(size=2)
+    u_b, v_b = rng.normal() * 0.3, rng.normal() * 0.3
+    first = Dense(np.array([u_w - v_w, v_w, -v_w]), np.array([u_b - v_b, v_b, -v_b]), RELU, 0)
+    lin = Dense(np.array([[1.0, 1.0, -1.0], [0.0, 1.0, -1.0]]), np.zeros(2), LINEAR, 1)
+    diff = Dense(np.array([[1.0, -1.0], [-1.0, 1.0]]), np.zeros(2), RELU, 2)
+    return Network((first, lin, diff, Dense(rng.normal(size=(1, 2)), np.zeros(1), LINEAR, 3)), 2)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_split_settles_pre_activations_that_are_zero_on_part_of_the_box(seed):
+    """a - b is >= 0 on the whole box and exactly 0 where u <= v: no piece's bound there is ever >= 0
+    (the rounding margin keeps it at -tiny), so before a bound within the MILP margin counted, split left
+    such neurons to ISA and, on models/external/tll, ran out of time.  Now split settles them by bounds
+    alone (piece MILPs off here) with a ``split-epsilon`` certificate whose slack is below the neuron's
+    margin, and sampling confirms them."""
+    net, box = max_minus_net(seed), Box(-np.ones(2), np.ones(2))
+    pres = dense_preactivations(net, box)
+    y = pres[0][:, 0]
+    if not ((y > 1e-3).any() and (y < -1e-3).any()):
+        return  # u - v does not change sign on this box: nothing to show
+    state, ctx = analyse(net, box, passes=("milp",), stability_method="split", time_limit=20, split_leaf_binaries=0)
+    assert ctx.log[-1]["split_complete"] and ctx.log[-1]["split_leaf_milps"] == 0
+    assert state.proven_active[2][0] and state.proven_inactive[2][1]
+    assert_proofs_hold(net, state, pres)
+    eps = epsilons(net, box.lo, box.hi)
+    for i in (0, 1):
+        assert state.proof[2][i] == "split-epsilon"
+        assert 0 < state.epsilon[2][i] < eps[2][i]

@@ -23,7 +23,8 @@ DIGITS = ROOT / "models" / "digits_2x32_l1.onnx"
 ACAS = ROOT / "models" / "external" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
 PROP3 = ROOT / "models" / "external" / "acasxu" / "prop_3.vnnlib"
 OVAL = ROOT / "models" / "external" / "oval21" / "cifar_base_kw.onnx"
-PROOFS = {"bounds", "milp", "split", "rank", "zero incoming weights", "zero outgoing weights", "linear layer folded"}
+CERTIFICATES = {"bounds", "bounds-epsilon", "milp", "split", "split-epsilon"}
+PROOFS = CERTIFICATES | {"rank", "zero incoming weights", "zero outgoing weights", "linear layer folded"}
 
 
 def onnxcomp(*args):
@@ -62,7 +63,7 @@ def check_report(r: dict, widths_before: list) -> None:
         assert all(0 <= i < width for i in inactive | active | undecided)
         # every stably inactive neuron is removed, with the proof that made it so; undecided ones are kept
         for i in inactive:
-            assert removed[(k, i)]["state"] == "stably_inactive" and removed[(k, i)]["proof"] in ("bounds", "milp", "split")
+            assert removed[(k, i)]["state"] == "stably_inactive" and removed[(k, i)]["proof"] in CERTIFICATES
         assert not any((k, i) in removed for i in undecided)
         # removed active neurons were proven active (rank reduction or a folded layer)
         assert all(i in active for (kk, i), e in removed.items() if kk == k and e["state"] == "stably_active")
@@ -105,7 +106,7 @@ def test_acas_xu_over_property_3(tmp_path):
     out, r = run_stable(tmp_path, ACAS, PROP3)
     check_report(r, [50] * 6)
     proofs = {e["proof"] for e in r["stable"]["removed"]}
-    assert "bounds" in proofs and proofs & {"split", "milp"}  # the MILP/splitting stage settled more
+    assert "bounds" in proofs and proofs & {"split", "split-epsilon", "milp"}  # the MILP/splitting stage settled more
     milp = next(p for p in r["passes"] if p["name"] == "milp")
     assert milp["undecided"] == 0 and milp.get("split_complete", True)
     check_stable_sets_on_samples(ACAS, r, parse_domain(str(PROP3), 5, None))

@@ -25,8 +25,12 @@ input confirms the claimed state; an unconfirmed claim never counts and never le
 (it is kept, as "ambiguous").  A MILP certificate therefore states "no input of the domain reaches
 ``y >= eps_i``" (or ``y <= -eps_i``); a neuron removed on one may reach ``(0, eps_i)`` somewhere, and the
 ``fold`` pass reports the resulting worst-case output error bound (``stable.epsilon_error_bound``).
-Bounds and split proofs are exact (epsilon 0).  Time limits and solver
-failures leave neurons undecided, and undecided neurons are kept.
+Bounds proofs are exact (epsilon 0); so are split proofs where every piece's bound shows the sign.  A
+piece whose bound is only within the margin (``0 < upper < eps_i``: the pre-activation is 0 in exact
+arithmetic on part of the box, as in models/external/tll's min/max banks), or whose neuron a piece MILP
+settled, gives the MILP kind of certificate; such neurons are reported as ``split-epsilon`` with the
+largest slack used.  Time limits and solver failures leave neurons undecided, and undecided neurons
+are kept.
 """
 
 from __future__ import annotations
@@ -245,14 +249,17 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     already bisected below ``split_min_width`` of the box in every input); what the MILP proves
     holds on the piece, what it does not prove in ``split_leaf_seconds`` is split further.  Otherwise the
     piece is bisected along the input with the largest ``width * sum |coefficient|`` of the open neurons'
-    linear bounds.  A neuron is proven when no unfinished piece has it open.
+    linear bounds.  A neuron is proven when no unfinished piece has it open; exactly (``split``) when
+    every piece showed the sign, up to the margin (``split-epsilon``) when some piece's bound was within
+    ``eps`` of 0 or a piece MILP settled it.
     """
     start = time.perf_counter()
     n_layers = len(net.layers) - 1
     lo0, hi0 = ctx.box.lo, ctx.box.hi
     p_set = _masks(net, n_layers, state.need_active_witness)
     q_set = _masks(net, n_layers, state.need_inactive_witness)
-    oracle = WitnessOracle(net, lo0, hi0, state, n_layers, p_set, q_set, epsilons(net, lo0, hi0))
+    eps = epsilons(net, lo0, hi0)
+    oracle = WitnessOracle(net, lo0, hi0, state, n_layers, p_set, q_set, eps)
     sizes = [net.layers[k].n_out for k in range(n_layers)]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     relu_flat = np.concatenate([np.full(n, net.layers[k].is_relu) for k, n in enumerate(sizes)]) if sizes else np.zeros(0, bool)
@@ -262,6 +269,9 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
         return np.concatenate(masks) if masks else np.zeros(0, bool)
 
     p_flat, q_flat = flat(p_set), flat(q_set)
+    eps_flat = flat(eps[:n_layers])
+    slack_p = np.zeros(p_flat.shape)  # largest upper bound in (0, eps) a piece settled a neuron with
+    slack_q = np.zeros(q_flat.shape)
     abandoned = np.zeros_like(p_flat)  # unconfirmed MILP claims: never proven
     deferred_p = np.zeros_like(p_flat)  # flat pre-activations on some piece: left to ISA
     deferred_q = np.zeros_like(q_flat)
@@ -293,11 +303,17 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
             sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
             # A pre-activation that is 0 up to rounding on a piece (two equal terms subtracted) keeps its
             # bounds at +-margin however small the piece: leave it to the MILP instead of splitting on it.
+            # Such a bound within the MILP margin of 0 settles the neuron on the piece with the same
+            # certificate a MILP gives ("no input of the piece reaches y >= eps"), its slack reported.
+            near_p = cp & ~sa & ~abandoned & (upper[r] > 0) & (upper[r] < eps_flat)
+            near_q = cq & ~si & ~abandoned & (lower[r] < 0) & (lower[r] > -eps_flat)
+            slack_p[near_p] = np.maximum(slack_p[near_p], upper[r][near_p])
+            slack_q[near_q] = np.maximum(slack_q[near_q], -lower[r][near_q])
             flat_range = (upper[r] - lower[r]) <= DEGENERATE * (1.0 + np.abs(upper[r]) + np.abs(lower[r]))
-            deferred_p |= cp & flat_range & (upper[r] > 0)
-            deferred_q |= cq & flat_range & (lower[r] < 0)
-            open_p = cp & ~sa & ~abandoned & (upper[r] > 0) & ~flat_range
-            open_q = cq & ~si & ~abandoned & (lower[r] < 0) & ~flat_range
+            deferred_p |= cp & flat_range & (upper[r] > 0) & ~near_p
+            deferred_q |= cq & flat_range & (lower[r] < 0) & ~near_q
+            open_p = cp & ~sa & ~abandoned & (upper[r] > 0) & ~flat_range & ~near_p
+            open_q = cq & ~si & ~abandoned & (lower[r] < 0) & ~flat_range & ~near_q
             if not (open_p.any() or open_q.any()):
                 continue
             last = int(layer_of[open_p | open_q].max()) + 1
@@ -312,6 +328,9 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
                                                   offsets, last, min(leaf_time, time_limit - (time.perf_counter() - start)),
                                                   abandoned)
                 leaf_seconds += time.perf_counter() - t_leaf
+                # a MILP certificate holds up to the margin: "no input of the piece reaches y >= eps"
+                slack_p[settled_p] = np.maximum(slack_p[settled_p], eps_flat[settled_p])
+                slack_q[settled_q] = np.maximum(slack_q[settled_q], eps_flat[settled_q])
                 sa, si = flat(oracle.seen_active[:n_layers]), flat(oracle.seen_inactive[:n_layers])
                 open_p &= ~settled_p & ~sa & ~abandoned
                 open_q &= ~settled_q & ~si & ~abandoned
@@ -337,7 +356,7 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     proven_act = q_flat & ~si & ~still_q & ~abandoned & ~deferred_q
 
     def unflat(v):
-        return [v[offsets[k]:offsets[k + 1]] for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, bool)]
+        return [v[offsets[k]:offsets[k + 1]] for k in range(n_layers)] + [np.zeros(net.layers[-1].n_out, v.dtype)]
 
     entry.update({"split_boxes": boxes, "split_leaf_milps": leaves, "split_leaf_seconds": round(leaf_seconds, 3),
                   "split_seconds": round(time.perf_counter() - start, 3), "split_complete": not timed_out})
@@ -345,9 +364,16 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
         entry.setdefault("ambiguous", []).extend(
             {"layer": net.layers[int(layer_of[i])].layer_id, "neuron": net.layers[int(layer_of[i])].neuron_ids[i - offsets[layer_of[i]]]}
             for i in np.flatnonzero(abandoned))
+    near_in, near_act = proven_in & (slack_p > 0), proven_act & (slack_q > 0)
+    if near_in.any() or near_act.any():
+        entry["split_within_epsilon"] = int(near_in.sum() + near_act.sum())
+    margin = Findings(source="split-epsilon", proven_inactive=unflat(near_in), proven_active=unflat(near_act),
+                      epsilon=unflat(np.where(near_in, slack_p, 0.0) + np.where(near_act, slack_q, 0.0)),
+                      fingerprint=net.fingerprint())
     return Findings(source="split", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
-                    proven_inactive=unflat(proven_in), proven_active=unflat(proven_act),
-                    fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out})
+                    proven_inactive=unflat(proven_in & ~near_in), proven_active=unflat(proven_act & ~near_act),
+                    fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out},
+                    parts=[margin])
 
 
 def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarray, hi: np.ndarray, lower: np.ndarray,

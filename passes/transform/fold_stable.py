@@ -245,7 +245,12 @@ def run(net: Network, ctx: Context) -> Network:
     folder.run()
     new, constant = folder.network(net)
     milp_entry = next((e for e in reversed(ctx.log) if e.get("name") == "milp"), {})
-    solver_info = {k: milp_entry.get(k) for k in ("solver", "status", "milp_seconds") if milp_entry.get(k) is not None}
+    # A MILP certificate only ever comes from a solve that ended optimal (a per-layer ISA after the
+    # whole-network one ran out of time, or one per-neuron MILP); the run's own status may still say
+    # "timelimit", so both are reported.
+    solver_info = {k: milp_entry.get(k) for k in ("solver", "milp_seconds") if milp_entry.get(k) is not None}
+    if milp_entry.get("solver"):
+        solver_info.update({"status": "optimal", "run_status": milp_entry.get("status")})
     report = stability_report(net, st, folder.removed, folder.folded_layers, solver_info)
     if constant:
         ctx.warn("the network is constant on the domain; emitted as a constant")

@@ -382,3 +382,28 @@ def test_split_settles_pre_activations_that_are_zero_on_part_of_the_box(seed):
     for i in (0, 1):
         assert state.proof[2][i] == "split-epsilon"
         assert 0 < state.epsilon[2][i] < eps[2][i]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), first_limit=st.sampled_from([0.0, 0.02, 0.2]))
+def test_split_resumed_from_its_unfinished_pieces_proves_what_one_split_proves(seed, first_limit):
+    """``auto`` stops the split after a short time and resumes it later: the resumed search starts from
+    the pieces left over (not the whole box) and ends with the same stable sets as one uninterrupted split."""
+    from passes.analysis.stability import split
+
+    net, box = small_case(seed)
+    whole, _ = analyse(net, box, passes=("bounds", "milp"), stability_method="split", time_limit=30)
+    ctx = Context(box=box, options={"time_limit": 30})
+    PassManager().run(net, ["bounds"], ctx)
+    state = merge(net, ctx.annotations)
+    entry: dict = {}
+    first = split(net, ctx, state, first_limit, entry)
+    annotations = dict(ctx.annotations, first=first)
+    state = merge(net, annotations)
+    if first_limit == 0.0:
+        assert entry["split_boxes"] == 0 and len(first.resume["stack"]) == 1  # nothing done: the whole box left
+    second = split(net, ctx, state, 30, entry, resume=first.resume)
+    assert entry["split_complete"]
+    resumed = merge(net, dict(annotations, second=second))
+    assert stable_sets(net, resumed) == stable_sets(net, whole)
+    assert_proofs_hold(net, resumed, dense_preactivations(net, box))

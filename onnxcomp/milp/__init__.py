@@ -10,6 +10,8 @@ size-limited licence is detected and reported, never crashed on).  Every backend
   forced to 0 (bound tightening / lazy constraints), and solutions that still claim them are rejected.
   ``start`` is a feasible point with every indicator 0 (a forward pass), so the problem is never
   infeasible; ``proven`` is True only when the solver proved optimality (no remaining indicator can be 1).
+  ``piece=True`` says the MILP is one of many over small pieces of the input box (split), for settings
+  that suit those (SCIP: no presolving; Gurobi: unchanged).
 * ``optimize(milp, time_limit, threads) -> OptOutcome``: plain optimisation of ``milp.objective``;
   ``bound`` is the solver's dual bound (sound up to its tolerances), used by the per-neuron baseline.
 """

@@ -98,7 +98,7 @@ class GurobiBackend:
         self.threads = 0
 
     def solve_isa(self, milp: ReluMilp, oracle, time_limit: float | None = None, threads: int | None = None,
-                  start: np.ndarray | None = None) -> IsaOutcome:
+                  start: np.ndarray | None = None, piece: bool = False) -> IsaOutcome:
         import gurobipy as gp
 
         t0 = time.perf_counter()

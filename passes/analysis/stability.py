@@ -13,8 +13,8 @@ Methods (``--stability-method``):
 * ``per-neuron``: the baseline of the paper, two MILPs per neuron (max and min of its pre-activation),
   layer by layer, each layer's new exact bounds tightening the next layer's formulation.
 * ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
-  then ``isa`` on what is left (half the remaining time), then ``split`` again with the rest; for larger
-  inputs, ``isa``.
+  then ``isa`` on what is left (half the remaining time), then ``split`` goes on from its unfinished
+  pieces with the rest; for larger inputs, ``isa``.
 
 Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
 (``stability_state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
@@ -240,7 +240,8 @@ def outcome_threads(sel) -> int:
     return int(getattr(sel.backend, "threads", 1) or 1)
 
 
-def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, entry: dict,
+          resume: dict | None = None) -> Findings:
     """Input-space branch and bound with CROWN bounds on the pieces, and ISA MILPs on small pieces.
 
     A piece is done when every open neuron is settled on it (its bound shows the sign) or witnessed
@@ -252,6 +253,10 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     linear bounds.  A neuron is proven when no unfinished piece has it open; exactly (``split``) when
     every piece showed the sign, up to the margin (``split-epsilon``) when some piece's bound was within
     ``eps`` of 0 or a piece MILP settled it.
+
+    ``resume``: the ``resume`` attribute of an earlier split's findings on the same network; the search
+    continues from its unfinished pieces (what was settled since is dropped from them) instead of
+    starting again from the whole box.
     """
     start = time.perf_counter()
     n_layers = len(net.layers) - 1
@@ -270,12 +275,19 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
 
     p_flat, q_flat = flat(p_set), flat(q_set)
     eps_flat = flat(eps[:n_layers])
-    slack_p = np.zeros(p_flat.shape)  # largest upper bound in (0, eps) a piece settled a neuron with
-    slack_q = np.zeros(q_flat.shape)
-    abandoned = np.zeros_like(p_flat)  # unconfirmed MILP claims: never proven
-    deferred_p = np.zeros_like(p_flat)  # flat pre-activations on some piece: left to ISA
-    deferred_q = np.zeros_like(q_flat)
-    stack = [(lo0.copy(), hi0.copy(), p_flat.copy(), q_flat.copy())]
+    if resume is None:
+        slack_p = np.zeros(p_flat.shape)  # largest upper bound in (0, eps) a piece settled a neuron with
+        slack_q = np.zeros(q_flat.shape)
+        abandoned = np.zeros_like(p_flat)  # unconfirmed MILP claims: never proven
+        deferred_p = np.zeros_like(p_flat)  # flat pre-activations on some piece: left to ISA
+        deferred_q = np.zeros_like(q_flat)
+        stack = [(lo0.copy(), hi0.copy(), p_flat.copy(), q_flat.copy())]
+    else:
+        # Go on where an earlier split stopped: its unfinished pieces, less what was settled since.
+        slack_p, slack_q, abandoned, deferred_p, deferred_q = (resume[k].copy() for k in
+                                                               ("slack_p", "slack_q", "abandoned", "deferred_p", "deferred_q"))
+        stack = [(lo, hi, cp & p_flat, cq & q_flat) for lo, hi, cp, cq in resume["stack"]]
+        stack = [piece for piece in stack if piece[2].any() or piece[3].any()]
     boxes = leaves = 0
     leaf_seconds = 0.0
     batch = int(ctx.opt("split_batch", 128))
@@ -370,10 +382,13 @@ def split(net: Network, ctx: Context, state: StabilityState, time_limit: float, 
     margin = Findings(source="split-epsilon", proven_inactive=unflat(near_in), proven_active=unflat(near_act),
                       epsilon=unflat(np.where(near_in, slack_p, 0.0) + np.where(near_act, slack_q, 0.0)),
                       fingerprint=net.fingerprint())
-    return Findings(source="split", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
-                    proven_inactive=unflat(proven_in & ~near_in), proven_active=unflat(proven_act & ~near_act),
-                    fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out},
-                    parts=[margin])
+    found = Findings(source="split", seen_active=oracle.seen_active, seen_inactive=oracle.seen_inactive,
+                     proven_inactive=unflat(proven_in & ~near_in), proven_active=unflat(proven_act & ~near_act),
+                     fingerprint=net.fingerprint(), details={"boxes": boxes, "complete": not timed_out},
+                     parts=[margin])
+    found.resume = {"stack": stack, "slack_p": slack_p, "slack_q": slack_q, "abandoned": abandoned,
+                    "deferred_p": deferred_p, "deferred_q": deferred_q}
+    return found
 
 
 def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarray, hi: np.ndarray, lower: np.ndarray,
@@ -393,7 +408,7 @@ def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarr
     oracle.trust(lows, ups)
     try:
         outcome = select(ctx.opt("solver", "auto"), milp).backend.solve_isa(milp, oracle, max(time_limit, 0.01),
-                                                                            ctx.opt("threads"), start)
+                                                                            ctx.opt("threads"), start, piece=True)
     finally:
         rejected = oracle.release()
         oracle.trust(None, None)
@@ -511,13 +526,14 @@ def run(net: Network, ctx: Context) -> Findings:
         state = record("isa", isa(net, ctx, state, max(time_limit, 0.01), entry))
     else:
         # auto on a low-dimensional input: a short split (often all it takes), then ISA on what is left
-        # with half the remaining time, then split again with the rest if ISA did not finish.
-        state = record("split", split(net, ctx, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry))
+        # with half the remaining time, then the split goes on (from its unfinished pieces) with the rest.
+        first_split = split(net, ctx, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry)
+        state = record("split", first_split)
         if _open_count(net, state):
             state = record("isa", isa(net, ctx, state, max((time_limit - elapsed()) / 2, 0.01), entry))
         if _open_count(net, state) and time_limit - elapsed() > 0.5:
             first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
-            state = record("split-2", split(net, ctx, state, time_limit - elapsed(), entry))
+            state = record("split-2", split(net, ctx, state, time_limit - elapsed(), entry, resume=first_split.resume))
             for k, v in first.items():
                 entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
     combined = _combine(net, results)

@@ -41,7 +41,7 @@ import numpy as np
 
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import Network
-from onnxcomp.milp import select
+from onnxcomp.milp import IsaOutcome, select
 from onnxcomp.milp.formulation import build, solution_from_input, violations
 from onnxcomp.pipeline import ANALYSIS, Context, register
 
@@ -185,12 +185,14 @@ def _isa_once(net: Network, ctx: Context, state: StabilityState, time_limit: flo
     start = _checked_start(milp, net, ctx, lower, upper)
     oracle.trust(lower, upper)
     sel = select(ctx.opt("solver", "auto"), milp)
-    outcome = sel.backend.solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
+    outcome = solve_isa_safely(sel.backend, milp, oracle, time_limit, ctx.opt("threads"), start)
     if outcome.status.startswith("error") and sel.name != "scip":
         from onnxcomp.milp.scip import ScipBackend
 
         sel.note = (sel.note + "; " if sel.note else "") + f"{sel.name} failed ({outcome.note}); reran with SCIP"
-        outcome = ScipBackend().solve_isa(milp, oracle, time_limit, ctx.opt("threads"), start)
+        outcome = solve_isa_safely(ScipBackend(), milp, oracle, time_limit, ctx.opt("threads"), start)
+    if outcome.status.startswith("error"):
+        ctx.warn(f"milp: the solver failed ({outcome.note}); its neurons stay undecided and are kept")
     if oracle.bound_violation:
         raise RuntimeError(f"unsound bounds detected ({oracle.bound_violation}); nothing proven")
     entry.update({
@@ -211,6 +213,18 @@ def _isa_once(net: Network, ctx: Context, state: StabilityState, time_limit: flo
     if ambiguous:
         entry["ambiguous"] = [{"layer": net.layers[k].layer_id, "neuron": net.layers[k].neuron_ids[i]} for k, i in ambiguous]
     return findings
+
+
+def solve_isa_safely(backend, milp, oracle, time_limit: float, threads, start, piece: bool = False) -> IsaOutcome:
+    """``backend.solve_isa``, with a solver that raises (a crash inside pyscipopt or gurobipy) turned
+    into an "error" outcome that proves nothing: the run goes on and those neurons stay undecided.
+    An interrupt (Ctrl-C) still stops the run."""
+    t0 = time.perf_counter()
+    try:
+        return backend.solve_isa(milp, oracle, time_limit, threads, start, piece=piece)
+    except Exception as exc:  # noqa: BLE001 - any solver failure must leave the neurons undecided
+        return IsaOutcome(False, f"error: {type(exc).__name__}", time.perf_counter() - t0,
+                          solver=getattr(backend, "name", ""), note=f"{type(exc).__name__}: {exc}")
 
 
 def _checked_start(milp, net: Network, ctx: Context, lower: list, upper: list) -> np.ndarray:
@@ -407,8 +421,8 @@ def _leaf_milp(net: Network, ctx: Context, oracle: "WitnessOracle", lo: np.ndarr
     oracle.restrict(lo, hi, p_masks, q_masks)
     oracle.trust(lows, ups)
     try:
-        outcome = select(ctx.opt("solver", "auto"), milp).backend.solve_isa(milp, oracle, max(time_limit, 0.01),
-                                                                            ctx.opt("threads"), start, piece=True)
+        outcome = solve_isa_safely(select(ctx.opt("solver", "auto"), milp).backend, milp, oracle,
+                                   max(time_limit, 0.01), ctx.opt("threads"), start, piece=True)
     finally:
         rejected = oracle.release()
         oracle.trust(None, None)

@@ -149,6 +149,12 @@ class Context:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
+    def need_box(self) -> Box:
+        """The domain box, for passes that cannot run without one (usage error otherwise)."""
+        if self.box is None:
+            raise UsageError("needs --domain")
+        return self.box
+
     def rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])
 

@@ -24,11 +24,8 @@ from .stability_state import Findings, epsilons
 @register("bounds", ANALYSIS, "sound pre-activation bounds (interval + CROWN back-substitution) and the stability they prove",
           paper="ISA §4 (big-M); CROWN/DeepPoly")
 def run(net: Network, ctx: Context) -> Findings:
-    if ctx.box is None:
-        from onnxcomp.errors import UsageError
-
-        raise UsageError("needs --domain")
-    lo, hi = ctx.box.lo[None, :], ctx.box.hi[None, :]
+    box = ctx.need_box()
+    lo, hi = box.lo[None, :], box.hi[None, :]
     method = ctx.opt("bounds_method", "crown")
     bounds = interval_bounds(net, lo, hi) if method == "interval" else crown_bounds(net, lo, hi)
     inactive, active = prove(net, bounds)

@@ -74,10 +74,7 @@ def pgd_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, layer: int, neur
 @register("falsify", ANALYSIS, "witness search for undecided neurons: samples, box vertices, projected gradient steps",
           paper="ISA §5 (disproving stability is easy)")
 def run(net: Network, ctx: Context) -> Findings:
-    if ctx.box is None:
-        from onnxcomp.errors import UsageError
-
-        raise UsageError("needs --domain")
+    ctx.need_box()
     start = time.perf_counter()
     state = merge(net, ctx.annotations)
     n_layers = max(len(net.layers) - 1, 0)

@@ -512,8 +512,7 @@ METHODS = ("auto", "isa", "split", "per-neuron")
 @register("milp", ANALYSIS, "prove the remaining neurons stable with one MILP (ISA; or input splitting / per-neuron MILPs)",
           paper="ISA Algorithm 1, formulation (7)-(12)")
 def run(net: Network, ctx: Context) -> Findings:
-    if ctx.box is None:
-        raise UsageError("needs --domain")
+    ctx.need_box()
     method = ctx.opt("stability_method", "auto")
     if method not in METHODS:
         raise UsageError(f"--stability-method {method!r}: expected one of {', '.join(METHODS)}")

@@ -46,7 +46,9 @@ class _Layer:
     proof: np.ndarray
     eps: np.ndarray
 
-    def keep(self, mask: np.ndarray) -> None:
+    def keep(self, mask: np.ndarray, consumer: "_Layer") -> None:
+        """Keep only the neurons in ``mask``, and the consumer's input columns that read them."""
+        consumer.w = consumer.w[:, mask]
         self.w, self.b = self.w[mask], self.b[mask]
         self.ids = [i for i, m in zip(self.ids, mask) if m]
         self.inactive, self.active = self.inactive[mask], self.active[mask]
@@ -89,8 +91,7 @@ class _Folder:
             if gone.size:
                 self.log(lay, gone, "stably_inactive", "")
                 keep = ~lay.inactive
-                lay.keep(keep)
-                nxt.w = nxt.w[:, keep]
+                lay.keep(keep, nxt)
                 changed = True
         return changed
 
@@ -113,8 +114,7 @@ class _Folder:
             if gone.size:
                 keep = np.ones(lay.w.shape[0], bool)
                 keep[gone] = False
-                lay.keep(keep)
-                nxt.w = nxt.w[:, keep]
+                lay.keep(keep, nxt)
                 changed = True
         return changed
 
@@ -150,8 +150,7 @@ class _Folder:
             self.log(lay, dep, "stably_active", "rank")
             keep = np.ones(lay.w.shape[0], bool)
             keep[dep] = False
-            lay.keep(keep)
-            nxt.w = nxt.w[:, keep]
+            lay.keep(keep, nxt)
             changed = True
         return changed
 

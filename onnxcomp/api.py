@@ -1,8 +1,13 @@
-"""The library face of the commands: ``compile_model`` (``run``), ``verify_files`` and ``inspect_model``.
+"""The Python face: :func:`compress`, :func:`verify` and :func:`inspect`.
 
-These load and check every input before any work, run the passes, write nothing unless verification
-passed, and return a ``Report``.  They raise typed errors (``onnxcomp.errors``); ``cli.py`` turns those
-into one-line messages and exit codes.
+``cli.py`` and the ``--config`` loader are thin faces over these; all three take the same options by the
+same long names, declared once (``RunSettings`` and ``VerifySettings`` here, each pass's options dataclass
+in ``onnxcomp.passes``) and checked the same way.  Nothing touches the disk unless asked:
+``compress`` returns a :class:`Result` whose ``save(path)`` writes the model atomically.
+
+Every input is loaded and checked before any work; passes run under the command's one deadline
+(``time_limit``); the candidate is verified against the original with onnxruntime before it is returned.
+Errors are typed (``onnxcomp.errors``); ``cli.py`` turns them into one-line messages and exit codes.
 """
 
 from __future__ import annotations
@@ -11,50 +16,111 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from . import __version__
-from .data import labels_from_data_file, load_data, load_labels
+from .data import check_data, check_labels, labels_from_data_file, load_data, load_labels
 from .domain import check_box, parse_domain
-from .errors import BudgetNotMet, InputError, UsageError, VerificationFailed
+from .equivalence import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
+from .errors import BudgetNotMet, InputError, OptionError, UsageError, VerificationFailed
 from .fidelity import Budget, assess_run
 from .ir import Box
-from .onnxio import load_model, real_inputs, value_shape
-from .pipeline import REGISTRY, Context, PassManager, Progress, expand
-from .reader import check_input, has_prefix, lower, model_input_features
+from .milp import SOLVERS
+from .onnxio import check_model, load_model, real_inputs, value_shape
+from .options import build, option, specs
+from .pipeline import REGISTRY, Context, Options, PassManager, Progress, all_option_specs, expand, load_passes
+from .reader import check_input, lower, model_input_features
 from .report import Report, domain_summary, model_summary
 from .runtime import Runner, providers
-from .verify import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
+from .timing import Deadline
 from .writer import META_PREFIX, save_atomic, to_model
 
+DEFAULT_TIME_LIMIT = 600.0
+VERIFY_RESERVE = 0.05
+"""Share of the time limit kept back from the passes for writing and verifying the result (at most 10 s)."""
 
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Options of ``run`` / :func:`compress` that are not a pass's: inputs, verification, limits, budgets."""
+
+    domain: str | None = option(None, "input domain: LO:HI, a .vnnlib file, a .npz with lo/hi, or 'data'")
+    data: str | None = option(None, "samples (.npy, or .npz with 'x'), shape (N, features)")
+    labels: str | None = option(None, "class labels (.npy, or .npz with 'y'), one per --data row")
+    seed: int = option(0, "random seed (the same inputs and seed give the same output file)")
+    device: str = option("auto", "onnxruntime device", choices=("auto", "cpu", "cuda"))
+    samples: int = option(SAMPLES, "uniform domain samples for sampling and verification", min=0)
+    corners: int = option(CORNERS, "maximum number of domain corners used", min=0)
+    atol: float = option(ATOL, "absolute tolerance of the verification", min=0.0)
+    rtol: float = option(RTOL, "tolerance relative to the output scale", min=0.0)
+    time_limit: float = option(DEFAULT_TIME_LIMIT, "seconds for the whole command; proofs not finished by then "
+                               "leave neurons undecided (kept)", gt=0.0)
+    jobs: int | None = option(None, "worker processes for independent proofs (default: all cores)", min=1)
+    cluster: str | None = option(None, "run proofs on a Ray cluster: auto or HOST:PORT (pip install 'onnxcomp[ray]')")
+    max_drop: float | None = option(None, "budget: max accuracy drop in points (needs labels)", min=0.0, max=100.0)
+    min_agreement: float | None = option(None, "budget: min top-1 agreement with the original, in %", min=0.0,
+                                         max=100.0)
+    max_class_drop: float | None = option(None, "budget: max accuracy drop of the worst class, in points (needs "
+                                          "labels)", min=0.0, max=100.0)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Options of ``verify`` / :func:`verify`."""
+
+    domain: str | None = option(None, "LO:HI, .vnnlib, .npz (lo/hi) or 'data'; default: the domain onnxcomp recorded "
+                                "in the candidate")
+    data: str | None = option(None, "samples (.npy, or .npz with 'x')")
+    samples: int = option(SAMPLES, "uniform domain samples", min=0)
+    corners: int = option(CORNERS, "maximum number of domain corners", min=0)
+    seed: int = option(0, "random seed of the samples")
+    atol: float = option(ATOL, "absolute tolerance", min=0.0)
+    rtol: float = option(RTOL, "tolerance relative to the output scale", min=0.0)
+    device: str = option("auto", "onnxruntime device", choices=("auto", "cpu", "cuda"))
+    formal: bool = option(False, "also certify max |difference| over the domain box")
+    time_limit: float = option(60.0, "seconds for --formal (the bound stays valid, only looser)", gt=0.0)
+    solver: str = option("auto", "MILP solver for --formal: auto, scip or gurobi", choices=SOLVERS)
+
+
+RUN_KEYS = {s.name for s in specs(RunSettings)}
+VERIFY_KEYS = {s.name for s in specs(VerifySettings)}
+_INPUT_KEYS = ("domain", "data", "labels")
+
+
+# ---- results ------------------------------------------------------------------------------------------------
 @dataclass
-class RunOptions:
-    """Everything ``run`` takes besides the model and passes (flag values)."""
+class Result:
+    """What :func:`compress` made: ``model`` (the verified ``ModelProto``), ``report`` (the dictionary
+    ``--report`` writes), ``verification`` (statistics of the check against the original)."""
 
-    domain: str | None = None
-    data: str | None = None
-    labels: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    samples: int = SAMPLES
-    corners: int = CORNERS
-    atol: float = ATOL
-    rtol: float = RTOL
-    report: str | None = None
-    pass_options: dict = field(default_factory=dict)
+    model: onnx.ModelProto
+    report: dict
+    verification: VerifyResult
+    data: bytes = field(repr=False, default=b"")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model to ``path`` atomically (temporary file, then rename); returns the path."""
+        save_atomic(self.data or self.model.SerializeToString(), path)
+        self.report["output"] = str(path)
+        return Path(path)
+
+    def save_report(self, path: str | os.PathLike) -> Path:
+        save_atomic(json.dumps(self.report, indent=2).encode() + b"\n", path)
+        return Path(path)
 
 
-def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "-o",
+# ---- checks shared by the faces -----------------------------------------------------------------------------
+def check_output_path(out: str | os.PathLike, inputs: list, flag: str = "-o",
                       other_output: str | os.PathLike | None = None) -> Path:
     """Refuse an output that is a directory, overwrites an input (or ``other_output``, the file
     another flag writes), or lies in a missing, non-folder or unwritable folder."""
     p = Path(out)
     if p.exists() and p.is_dir():
         raise InputError(f"{flag} {out}: is a directory")
-    named = [(inp, "the input") for inp in inputs if inp is not None]
+    named = [(inp, "the input") for inp in inputs if isinstance(inp, (str, os.PathLike))]
     if other_output is not None:
         named.append((other_output, "the output"))
     for inp, what in named:
@@ -73,15 +139,15 @@ def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike], f
     return p
 
 
-def check_runs(model: onnx.ModelProto, path: str | os.PathLike, device: str) -> None:
-    """Refuse, naming the file, a model onnxruntime cannot load or run on one sample (an opset it does
+def check_runs(model: onnx.ModelProto, name: str, device: str) -> None:
+    """Refuse, naming the model, one onnxruntime cannot load or run on one sample (an opset it does
     not know, shapes that do not match), before any pass spends time on it."""
     providers(device)  # a bad --device is the flag's fault, not the file's
     try:
         runner = Runner.create(model, "cpu")
         runner.run(np.zeros((1, runner.features)))  # shapes that only clash when the graph runs
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{name}: {exc}") from None
 
 
 def _sample_shape(model: onnx.ModelProto) -> tuple:
@@ -89,18 +155,59 @@ def _sample_shape(model: onnx.ModelProto) -> tuple:
     return tuple(shape[1:]) if len(shape) >= 2 else tuple(shape)
 
 
-def load_inputs(model: onnx.ModelProto, n_features: int, opts: RunOptions) -> tuple[Box | None, np.ndarray | None, np.ndarray | None]:
-    """(domain box, data, labels) from the flags, all checked against the model."""
-    data = load_data(opts.data, n_features, _sample_shape(model)) if opts.data else None
-    labels = None
-    if opts.labels:
-        if data is None:
+def _load(model: Any, what: str = "model") -> tuple[onnx.ModelProto, str, int | None]:
+    """(model, name for messages, file size) from a path or an in-memory ``ModelProto``."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return check_model(copy, f"the {what} (ModelProto)"), f"the {what} (ModelProto)", None
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), str(model), Path(model).stat().st_size
+    raise UsageError(f"{what}: expected an onnx.ModelProto or a path, got {type(model).__name__}")
+
+
+def load_domain(domain: Any, n_features: int, data: np.ndarray | None) -> Box | None:
+    """A domain given as ``"LO:HI"``, a ``.vnnlib``/``.npz`` path, ``"data"``, a ``Box``, or a ``(lo, hi)``
+    pair of scalars or arrays."""
+    if domain is None:
+        return None
+    if isinstance(domain, Box):
+        box = domain
+    elif isinstance(domain, (str, os.PathLike)):
+        return parse_domain(str(domain), n_features, data)
+    elif isinstance(domain, (tuple, list)) and len(domain) == 2:
+        try:
+            lo = np.broadcast_to(np.asarray(domain[0], dtype=np.float64), (n_features,)).copy()
+            hi = np.broadcast_to(np.asarray(domain[1], dtype=np.float64), (n_features,)).copy()
+        except (ValueError, TypeError):
+            raise InputError(f"domain: (lo, hi) must be numbers or arrays of {n_features} entries") from None
+        scalar = np.ndim(domain[0]) == 0 and np.ndim(domain[1]) == 0
+        box = Box(lo, hi, source=f"{float(domain[0]):g}:{float(domain[1]):g}" if scalar else "(lo, hi) arrays")
+    else:
+        raise UsageError(f"domain: expected 'LO:HI', a .vnnlib or .npz path, 'data', or a (lo, hi) pair; got "
+                         f"{type(domain).__name__}")
+    check_box(box, n_features, "domain")
+    return box
+
+
+def load_inputs(model: onnx.ModelProto, n_features: int, domain: Any = None, data: Any = None,
+                labels: Any = None) -> tuple[Box | None, np.ndarray | None, np.ndarray | None]:
+    """(domain box, data rows, labels), every one checked against the model."""
+    if data is None:
+        x = None
+    elif isinstance(data, (str, os.PathLike)):
+        x = load_data(str(data), n_features, _sample_shape(model))
+    else:
+        x = check_data(np.asarray(data), n_features, "data")
+    y = None
+    if labels is not None:
+        if x is None:
             raise UsageError("--labels needs --data (one label per data row)")
-        labels = load_labels(opts.labels, data.shape[0])
-    elif opts.data:
-        labels = labels_from_data_file(opts.data, data.shape[0])
-    box = parse_domain(opts.domain, n_features, data) if opts.domain else None
-    return box, data, labels
+        y = load_labels(str(labels), x.shape[0]) if isinstance(labels, (str, os.PathLike)) else \
+            check_labels(np.asarray(labels), x.shape[0], "labels")
+    elif isinstance(data, (str, os.PathLike)):
+        y = labels_from_data_file(str(data), x.shape[0])
+    return load_domain(domain, n_features, x), x, y
 
 
 def domain_metadata(box: Box | None) -> str:
@@ -129,125 +236,141 @@ def domain_from_metadata(model: onnx.ModelProto, n_features: int) -> Box | None:
     return box
 
 
-def compile_model(model_path: str, passes: str, out_path: str, opts: RunOptions,
-                  progress: Progress | None = None) -> tuple[Report, VerifyResult]:
-    """Load, run passes, verify against the original, and write ``out_path`` only if verified.
+def split_options(options: dict, settings_keys: set) -> tuple[dict, dict]:
+    """(settings, pass options) from one dictionary of long option names; unknown names refused."""
+    load_passes()
+    pass_keys = set(all_option_specs())
+    unknown = sorted(k for k in options if k not in settings_keys and k not in pass_keys)
+    if unknown:
+        raise OptionError(unknown[0], "unknown option")
+    settings = {k: v for k, v in options.items() if k in settings_keys}
+    return settings, {k: v for k, v in options.items() if k not in settings_keys}
 
-    Raises ``VerificationFailed`` (exit 1) with the report still available as ``exc.report``.
-    """
+
+# ---- compress ---------------------------------------------------------------------------------------------------
+def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, domain: Any = None, data: Any = None,
+             labels: Any = None, pass_options: dict | None = None, progress: Progress | None = None,
+             **options: Any) -> Result:
+    """Run ``passes`` on ``model``, verify the result against it, and return it (nothing is written).
+
+    ``model``: an ``onnx.ModelProto`` or a path.  ``passes``: ``"stable,lap"`` or a list of names.
+    ``domain``: ``"LO:HI"``, a ``(lo, hi)`` pair of scalars or arrays, or a ``.vnnlib``/``.npz`` path.
+    ``data``/``labels``: arrays or paths.  ``options``: any option by its long name (``time_limit=60``,
+    ``sparsity=0.5``, ``max_drop=1``; see ``onnxcomp passes NAME``); unknown names are refused.
+    ``pass_options``: ``{"prune": {"sparsity": 0.5}}``, options for one pass only.
+
+    Raises ``VerificationFailed`` or ``BudgetNotMet`` (with the report as ``exc.report``) when the result
+    is not verified or misses the budget, and ``InputError``/``UsageError`` for bad input."""
+    given, pass_flat = split_options(options, RUN_KEYS - set(_INPUT_KEYS))
+    settings = build(RunSettings, given)
+    deadline = Deadline(settings.time_limit)
     names = expand(passes)
-    out = check_output_path(out_path, [model_path])
-    if opts.report:
-        check_output_path(opts.report, [model_path], "--report", other_output=out_path)
-    model = load_model(model_path)
-    net = lower(model, source=str(model_path))
-    check_runs(model, model_path, opts.device)
+    opts = Options(pass_flat, pass_options)
+    opts.check_names()
+    original, name, original_bytes = _load(model)
+    net = lower(original, source=name)
+    check_runs(original, name, settings.device)
     n_features = model_input_features(net)
-    box, data, labels = load_inputs(model, n_features, opts)
-    needs_box = [n for n in names if n in ("bounds", "milp", "falsify")]
-    if needs_box and box is None:
-        raise UsageError(f"pass '{needs_box[0]}' proves facts over an input domain: give --domain")
-    if needs_box and has_prefix(net):
-        raise InputError(
-            f"{model_path}: the chain starts after {', '.join(net.onnx.prefix_ops)} ops; exact stability over an "
-            f"input domain needs the chain to start at the model input"
-        )
-    if box is None and data is None:
+    box, x, y = load_inputs(original, n_features, domain, data, labels)
+    if box is None and x is None:
         raise UsageError("give --domain or --data (verification needs inputs)")
-    budget = Budget.from_options(opts.pass_options)
-    budget.check_usage([n for n in names if not REGISTRY[n].exact], data is not None, labels is not None)
-    ctx = Context(box=box, data=data, labels=labels, seed=opts.seed, device=opts.device,
-                  options=dict(opts.pass_options, samples=opts.samples, corners=opts.corners),
-                  progress=progress or Progress())
-    report = Report(command="run", input=str(model_path), output=str(out_path))
+    budget = Budget(settings.max_drop, settings.min_agreement, settings.max_class_drop)
+    budget.check_usage([n for n in names if not REGISTRY[n].exact], x is not None, y is not None)
+    reserve = min(VERIFY_RESERVE * settings.time_limit, 10.0)
+    ctx = Context(box=box, data=x, labels=y, seed=settings.seed, device=settings.device, samples=settings.samples,
+                  corners=settings.corners, budget=budget, deadline=deadline.reserve(reserve), jobs=settings.jobs,
+                  cluster=settings.cluster, options=opts, progress=progress or Progress(), source=name)
+    report = Report(command="run", input=name, output=None)
     report.domain = domain_summary(box)
-    original_bytes = Path(model_path).stat().st_size
     report.model["before"] = model_summary(net, original_bytes)
-    new_net = PassManager().run(net, names, ctx)
+    try:
+        new_net = PassManager().run(net, names, ctx)
+    finally:
+        ctx.close()
+    ran = [e["name"] for e in ctx.log]
+    unused = opts.unused(ran)
+    if unused:
+        ctx.warn(f"option{'s' if len(unused) > 1 else ''} {', '.join(unused)} not used by the passes run "
+                 f"({', '.join(ran) or 'none'})")
     report.passes = ctx.log
     report.warnings = list(ctx.warnings)
-    for key in ("stable", "fidelity", "latency_ms"):
-        if key in ctx.extra:
-            setattr(report, key, ctx.extra[key])
-    exact = all(REGISTRY[n].exact for n in names)
+    report.stable = ctx.sections.get("stable")
+    exact = all(REGISTRY[n].exact for n in ran)
     meta = {
-        "passes": ",".join(names),
+        "passes": ",".join(ran),
         "domain": domain_metadata(box),
         "exact": str(exact).lower(),
         "summary": f"widths {net.widths} -> {new_net.widths}; params {net.params} -> {new_net.params}",
     }
-    if "stable" in ctx.extra:
-        meta["stable"] = json.dumps(ctx.extra["stable"].get("totals", {}), separators=(",", ":"))
+    if report.stable is not None:
+        meta["stable"] = json.dumps(report.stable.get("totals", {}), separators=(",", ":"))
     candidate = to_model(new_net, metadata=meta)
     cand_bytes = candidate.SerializeToString()
-    # Exact runs must match the original.  Lossy runs (issue 4) must match the transformed IR written with
-    # plain dense weights (the writer check), and their fidelity to the original is measured and budgeted.
-    reference = model if exact else to_model(new_net, plain_weights=True)
-    result = verify_models(reference, candidate, box=box, data=data, samples=opts.samples, corners=opts.corners,
-                           seed=opts.seed, atol=opts.atol, rtol=opts.rtol, device=opts.device)
+    # Exact runs must match the original.  Lossy runs must match the transformed IR written with plain
+    # dense weights (the writer check), and their fidelity to the original is measured and budgeted.
+    reference = original if exact else to_model(new_net, plain_weights=True)
+    result = verify_models(reference, candidate, box=box, data=x, samples=settings.samples, corners=settings.corners,
+                           seed=settings.seed, atol=settings.atol, rtol=settings.rtol, device=settings.device)
     report.verification = dict(result.to_dict(), against="original" if exact else "transformed network (writer check)")
     report.model["after"] = model_summary(new_net, len(cand_bytes))
-    assessment = assess_run(model, candidate, data, labels, budget, exact=exact, seed=opts.seed, device=opts.device,
-                            latency_inputs=None if data is not None or box is None else box.sample(1024, ctx.rng(7)))
+    latency_inputs = None if x is not None or box is None else box.sample(1024, ctx.rng(7))
+    assessment = assess_run(original, candidate, x, y, budget, exact=exact, seed=settings.seed,
+                            device=settings.device, latency_inputs=latency_inputs)
     report.fidelity, report.latency_ms = assessment.fidelity, assessment.latency_ms
     if not result.passed or assessment.violations:
-        report.output = None
-        if opts.report:
-            report.write(opts.report)
         if result.passed:
             err = BudgetNotMet(f"budget not met on the held-out half, nothing written: {'; '.join(assessment.violations)}")
         else:
             err = VerificationFailed(f"verification failed, nothing written: {result.summary()}")
-        err.report = report
+        err.report = report.to_dict()
         raise err
-    save_atomic(cand_bytes, out)
-    if opts.report:
-        report.write(opts.report)
-    return report, result
+    return Result(candidate, report.to_dict(), result, cand_bytes)
 
 
-def verify_files(ref_path: str, cand_path: str, *, domain: str | None = None, data: str | None = None,
-                 samples: int = SAMPLES, corners: int = CORNERS, seed: int = 0, atol: float = ATOL,
-                 rtol: float = RTOL, device: str = "auto", report_path: str | None = None,
-                 formal: bool = False, time_limit: float = 60.0, solver: str = "auto") -> tuple[Report, VerifyResult]:
-    """Compare two ONNX files (see ``onnxcomp.verify``).  The domain defaults to the one onnxcomp
-    recorded in the candidate's metadata.  With ``formal``, also certify ``max |f1 - f2|`` over the domain
-    box with a MILP (``onnxcomp.formal``); the report's ``formal`` block holds the bound, and
-    ``result.passed`` then also requires that bound to be within tolerance."""
-    if report_path:
-        check_output_path(report_path, [ref_path, cand_path], "--report")
-    ref = load_model(ref_path)
-    cand = load_model(cand_path)
-    for m, p in ((ref, ref_path), (cand, cand_path)):
-        check_input(m, str(p))
-        check_runs(m, p, device)
+# ---- verify -------------------------------------------------------------------------------------------------------
+def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
+           domain: Any = None, data: Any = None, formal: bool = False, **options: Any) -> VerifyResult:
+    """Check that ``candidate`` computes what ``reference`` computes, with onnxruntime on domain samples,
+    the box's corners and ``data`` rows; with ``formal``, also certify ``max |f1 - f2|`` over the box.
+
+    The domain defaults to the one onnxcomp recorded in the candidate's metadata.  Returns the statistics
+    (``passed``, ``max_abs_err``, ...), with ``report`` (the dictionary ``--report`` writes) and
+    ``formal`` (the certificate block, or ``None``)."""
+    unknown = sorted(set(options) - VERIFY_KEYS)
+    if unknown:
+        raise OptionError(unknown[0], "unknown option")
+    s = build(VerifySettings, dict(options, formal=formal))
+    ref, ref_name, _ = _load(reference, "reference")
+    cand, cand_name, _ = _load(candidate, "candidate")
+    for m, name in ((ref, ref_name), (cand, cand_name)):
+        check_input(m, name)
+        check_runs(m, name, s.device)
     n_ref = int(np.prod(_sample_shape(ref) or (1,)))
     n_cand = int(np.prod(_sample_shape(cand) or (1,)))
     if n_ref != n_cand:
-        raise InputError(f"{cand_path}: takes {n_cand} input features but {ref_path} takes {n_ref}")
-    opts = RunOptions(domain=domain, data=data)
-    box, x, _ = load_inputs(ref, n_ref, opts)
+        raise InputError(f"{cand_name}: takes {n_cand} input features but {ref_name} takes {n_ref}")
+    box, x, _ = load_inputs(ref, n_ref, domain, data)
     if box is None:
         box = domain_from_metadata(cand, n_ref)
     if box is None and x is None:
         raise UsageError("give --domain or --data (the candidate's metadata records no domain)")
-    result = verify_models(ref, cand, box=box, data=x, samples=samples, corners=corners, seed=seed,
-                           atol=atol, rtol=rtol, device=device)
-    report = Report(command="verify", input=str(ref_path), output=str(cand_path))
+    result = verify_models(ref, cand, box=box, data=x, samples=s.samples, corners=s.corners, seed=s.seed,
+                           atol=s.atol, rtol=s.rtol, device=s.device)
+    report = Report(command="verify", input=ref_name, output=cand_name)
     report.domain = domain_summary(box)
-    if formal:
-        report.formal = _formal_check(ref, cand, ref_path, cand_path, box, atol, rtol, time_limit, solver,
+    if s.formal:
+        report.formal = _formal_check(ref, cand, ref_name, cand_name, box, s.atol, s.rtol, s.time_limit, s.solver,
                                       result.output_scale)
         if not report.formal["passed"]:
             result.passed = False
             result.reason = (result.reason + "; " if result.reason else "") + report.formal["verdict"]
     report.verification = result.to_dict()
-    if report_path:
-        report.write(report_path)
-    return report, result
+    result.formal = report.formal
+    result.report = report.to_dict()
+    return result
 
 
-def _formal_check(ref, cand, ref_path, cand_path, box, atol: float, rtol: float, time_limit: float, solver: str,
+def _formal_check(ref, cand, ref_name, cand_name, box, atol: float, rtol: float, time_limit: float, solver: str,
                   scale: float) -> dict:
     """Certified bound on max |ref - cand| over the box, on the dense chains of both models; the tolerance
     is the sampled verification's (``atol + rtol * scale``, scale = max |ref output| on the samples)."""
@@ -257,17 +380,17 @@ def _formal_check(ref, cand, ref_path, cand_path, box, atol: float, rtol: float,
     if box is None:
         raise UsageError("--formal needs a domain box (--domain, or one recorded in the candidate's metadata)")
     nets = []
-    for model, path in ((ref, ref_path), (cand, cand_path)):
-        net = lower(model, source=str(path))
+    for model, name in ((ref, ref_name), (cand, cand_name)):
+        net = lower(model, source=name)
         if has_prefix(net):
-            raise InputError(f"{path}: --formal needs the dense chain to start at the model input "
+            raise InputError(f"{name}: --formal needs the dense chain to start at the model input "
                              f"(kept before it: {', '.join(net.onnx.prefix_ops)})")
         nets.append(net)
     if nets[0].onnx.suffix_ops != nets[1].onnx.suffix_ops:
-        raise InputError(f"{cand_path}: --formal compares the dense chains, and the ops after them differ "
+        raise InputError(f"{cand_name}: --formal compares the dense chains, and the ops after them differ "
                          f"({nets[0].onnx.suffix_ops} vs {nets[1].onnx.suffix_ops})")
     if nets[0].input_size != nets[1].input_size or nets[0].output_size != nets[1].output_size:
-        raise InputError(f"{cand_path}: its dense chain has a different input or output size than {ref_path}'s")
+        raise InputError(f"{cand_name}: its dense chain has a different input or output size than {ref_name}'s")
     tol = atol + rtol * scale
     res = max_difference(nets[0], nets[1], box, time_limit=time_limit, solver=solver, tolerance=tol)
     passed = res.certified_max_abs_diff <= tol
@@ -285,31 +408,40 @@ def _formal_check(ref, cand, ref_path, cand_path, box, atol: float, rtol: float,
     return out
 
 
-def inspect_model(model_path: str) -> dict:
+# ---- inspect ------------------------------------------------------------------------------------------------------
+def inspect(model: onnx.ModelProto | str | os.PathLike) -> dict:
     """Facts about a model: input/output, lowered chain, kept prefix/suffix ops, size, onnxcomp metadata."""
-    model = load_model(model_path)
-    net = lower(model, source=str(model_path))
-    inp = real_inputs(model)[0]
-    ctx = net.onnx
+    proto, name, size = _load(model)
+    net = lower(proto, source=name)
+    inp = real_inputs(proto)[0]
+    octx = net.onnx
     layers = [
         {"layer": k, "in": l.n_in, "out": l.n_out, "activation": l.activation, "params": l.weight.size + l.bias.size,
          "nonzero": int(np.count_nonzero(l.weight) + np.count_nonzero(l.bias)), "source": l.source}
         for k, l in enumerate(net.layers)
     ]
     return {
-        "file": str(model_path),
-        "file_bytes": Path(model_path).stat().st_size,
+        "file": name,
+        "file_bytes": size if size is not None else len(proto.SerializeToString()),
         "input": {"name": inp.name, "shape": list(value_shape(inp)),
                   "dtype": onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type).lower()},
-        "outputs": [{"name": o.name, "shape": list(value_shape(o))} for o in model.graph.output],
-        "opset": max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [0]),
-        "ir_version": model.ir_version,
-        "producer": model.producer_name,
-        "chain": {"input": ctx.chain_input, "output": ctx.chain_output, "layers": layers},
-        "prefix_ops": ctx.prefix_ops,
-        "suffix_ops": ctx.suffix_ops,
-        "summary": model_summary(net, Path(model_path).stat().st_size),
-        "metadata": {p.key: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)},
+        "outputs": [{"name": o.name, "shape": list(value_shape(o))} for o in proto.graph.output],
+        "opset": max([o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] or [0]),
+        "ir_version": proto.ir_version,
+        "producer": proto.producer_name,
+        "chain": {"input": octx.chain_input, "output": octx.chain_output, "layers": layers},
+        "prefix_ops": octx.prefix_ops,
+        "suffix_ops": octx.suffix_ops,
+        "summary": model_summary(net, size if size is not None else len(proto.SerializeToString())),
+        "metadata": {p.key: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)},
         "onnxcomp_version": __version__,
     }
 
+
+def option_names() -> dict[str, list[str]]:
+    """Every long option name each face accepts: ``run`` settings, pass options, ``verify`` settings."""
+    load_passes()
+    return {"run": sorted(RUN_KEYS), "passes": sorted(all_option_specs()), "verify": sorted(VERIFY_KEYS)}
+
+
+__all__ = ["compress", "verify", "inspect", "Result", "RunSettings", "VerifySettings"]

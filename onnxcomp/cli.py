@@ -1,46 +1,43 @@
-"""The ``onnxcomp`` command line: ``run``, ``verify``, ``inspect``, ``passes``.
+"""The ``onnxcomp`` command line: ``run``, ``verify``, ``inspect``, ``passes``, ``precommit``.
+
+A thin face over ``onnxcomp.api``: the flags of ``run`` and ``verify`` are generated from the option
+declarations (``api.RunSettings``, ``api.VerifySettings`` and every pass's options dataclass), values are
+passed through unconverted and checked by the same code as the Python and config faces; an error comes
+back naming the option, and is shown here with the flag (or the config file key) that gave it.
 
 The only module that prints, parses flags or chooses exit codes:
 0 ok; 1 verification or budget failed; 2 bad input or usage (one line on stderr naming the file,
-node or flag; the traceback only with ``--debug``); 130 interrupted (nothing written).
+node or flag; the traceback only with ``--debug``); 3 internal error (a bug: please report it);
+130 interrupted (nothing written).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 import warnings
 from typing import Optional
 
-import typer
+import click
+from click import exceptions as click_exceptions
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .api import RunOptions, compile_model, inspect_model, verify_files
-from .errors import OnnxcompError
-from .milp import SOLVERS
-from .pipeline import COMPOSITES, REGISTRY, Progress, load_passes
-from .verify import ATOL, CORNERS, RTOL, SAMPLES
+from .errors import InternalError, OnnxcompError, OptionError, UsageError
+from .options import OptionSpec
 
-try:  # typer >= 0.25 vendors click; older versions use click itself
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import exceptions as click_exceptions
-
-app = typer.Typer(
-    name="onnxcomp",
-    help="Make ReLU networks smaller: exactly where provable, within a stated budget where allowed.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
 # Tables keep a readable width when stdout is a file or a CI log (rich assumes 80 columns there).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+FORMATS = ("text", "json", "md", "junit")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 
-class _RichProgress(Progress):
+
+class _RichProgress:
     """A transient progress bar on stderr, shown only on a terminal and for long runs."""
 
     def __init__(self) -> None:
@@ -67,20 +64,48 @@ class _RichProgress(Progress):
             self._bar = None
 
 
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"onnxcomp {__version__}")
-        raise typer.Exit(0)
+# ---- options from declarations ----------------------------------------------------------------------------------
+def _metavar(spec: OptionSpec) -> str:
+    if spec.metavar:
+        return spec.metavar
+    if spec.choices:
+        return "[" + "|".join(str(c) for c in spec.choices) + "]"
+    return {int: "INTEGER", float: "FLOAT", str: "TEXT"}.get(spec.type, "VALUE")
 
 
-@app.callback()
-def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-) -> None:
-    """onnxcomp: an ONNX graph-to-graph compiler for ReLU networks."""
+def _help(spec: OptionSpec, tag: str = "") -> str:
+    text = spec.help
+    limited = any(v is not None for v in (spec.min, spec.max, spec.gt, spec.lt))
+    if spec.type in (int, float) and limited:
+        text += f" ({spec.expectation()})"
+    if spec.default is not None and spec.type is not bool:
+        text += f"  [default: {spec.default_text()}]"
+    return f"{text}  [{tag}]" if tag else text
 
 
+def click_option(spec: OptionSpec, tag: str = "") -> click.Option:
+    """A click option for ``spec``: its value reaches the core unconverted (``None`` when not given), so
+    every face checks values the same way."""
+    names = ([spec.short] if spec.short else []) + [spec.flag]
+    if spec.type is bool:
+        return click.Option([f"{spec.flag}/--no-{spec.flag[2:]}", spec.name], default=None, help=_help(spec, tag))
+    return click.Option(names + [spec.name], default=None, metavar=_metavar(spec), help=_help(spec, tag))
+
+
+def _pass_option_specs() -> tuple[dict, dict]:
+    """(merged pass options by name, their owners' tags)."""
+    from .pipeline import all_option_specs
+
+    merged = all_option_specs()
+    return merged, {name: "pass: " + ", ".join(s.owners) for name, s in merged.items()}
+
+
+def _relabel(exc: OptionError, origins: dict) -> OptionError:
+    """The option error in the vocabulary of where the value came from (a flag, a config file key)."""
+    return exc.relabel(origins.get(exc.key, "--" + exc.key.replace("_", "-")))
+
+
+# ---- printing -------------------------------------------------------------------------------------------------------
 def _size(n: Optional[int]) -> str:
     if n is None:
         return "-"
@@ -91,8 +116,8 @@ def _size(n: Optional[int]) -> str:
     return str(n)
 
 
-def _print_run(report) -> None:
-    before, after = report.model["before"], report.model["after"]
+def _print_run(report: dict) -> None:
+    before, after = report["model"]["before"], report["model"]["after"]
     table = Table(title="onnxcomp run", show_edge=False)
     table.add_column("")
     table.add_column("before", justify="right")
@@ -103,146 +128,213 @@ def _print_run(report) -> None:
     table.add_row("MACs / sample", f"{before['macs']:,}", f"{after['macs']:,}")
     table.add_row("file size", _size(before["file_bytes"]), _size(after["file_bytes"]))
     out.print(table)
-    for entry in report.passes:
-        extra = entry.get("message", "")
-        out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {extra}")
-    fid = report.fidelity or {}
+    for entry in report["passes"]:
+        out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {entry.get('message', '')}")
+    fid = report.get("fidelity") or {}
     if fid.get("summary"):
         out.print(f"  fidelity ({'exact, no change' if fid.get('exact') else 'lossy'}): {fid['summary']}")
     if fid.get("budget"):
         b = fid["budget"]
         out.print(f"  budget {b['flags']}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
                   f"{b['held_out']['top1_agreement']:.4f} agreement, {'met' if b['met_on_held_out'] else 'NOT met'} on held-out")
-    if report.latency_ms:
-        lat = report.latency_ms
+    lat = report.get("latency_ms")
+    if lat:
         out.print("  latency ms " + ", ".join(f"{k}: {lat['before'][k]:.3f} -> {lat['after'].get(k, float('nan')):.3f}"
                                                for k in lat["before"]))
-    for line in report.warnings:
-        err.print(f"onnxcomp: warning: {line}")
-    if report.domain and report.domain.get("note"):
-        out.print(f"  domain: {report.domain['note']}")
+    for line in report.get("warnings", []):
+        err.print(f"onnxcomp: warning: {line}", markup=False)
+    dom = report.get("domain") or {}
+    if dom.get("note"):
+        out.print(f"  domain: {dom['note']}")
 
 
-"""--solver values (those ``onnxcomp.milp.select`` takes)."""
+def _emit(report: dict, fmt: str, report_path: str | None, text) -> None:
+    """Print the result in ``fmt``; write ``--report`` (JSON, or JUnit XML with ``--format junit``)."""
+    if fmt in ("md", "junit"):
+        from . import formats
+    if fmt == "text":
+        text()
+    elif fmt == "json":
+        out.print_json(json.dumps(report))
+    elif fmt == "md":
+        md = formats.markdown(report)
+        out.print(md, markup=False)
+        formats.append_step_summary(md)
+    if report_path:
+        from .writer import save_atomic
 
-_LAP_VARIANTS = {"full": ("full", None), "lap": ("full", None), "forward": ("forward", None), "lfp": ("forward", None),
-                 "backward": ("backward", None), "lbp": ("backward", None), "lap-forward": ("full", "forward"),
-                 "lap-backward": ("full", "backward"), "lap-forward-seq": ("full", "forward-seq"),
-                 "lap-backward-seq": ("full", "backward-seq")}
-
-
-def _lossy_options(sparsity, bits, score, granularity, quant, max_drop, min_agreement, max_class_drop, drop,
-                   lap_variant, fisher_objective) -> dict:
-    """Flags of the lossy passes (issue 4) as pass options; LAP's ordered variants become ``lap_order``."""
-    variant = _LAP_VARIANTS.get(lap_variant.lower())
-    if variant is None:
-        raise click_exceptions.BadParameter(f"expected one of {', '.join(_LAP_VARIANTS)}", param_hint="--lap-variant")
-    return {"sparsity": sparsity, "bits": bits, "score": score, "granularity": granularity, "quant": quant,
-            "max_drop": max_drop, "min_agreement": min_agreement, "max_class_drop": max_class_drop, "drop": drop,
-            "lap_variant": variant[0], "lap_order": variant[1], "fisher_objective": fisher_objective}
-
-
-@app.command()
-def run(
-    model: str = typer.Argument(..., help="Input ONNX model."),
-    passes: str = typer.Option("", "-p", "--passes", help="Comma-separated passes, e.g. stable,lap (see `onnxcomp passes`)."),
-    output: str = typer.Option(..., "-o", "--output", help="Output ONNX file (written only if verified)."),
-    domain: Optional[str] = typer.Option(None, "--domain", help="Input domain: LO:HI, a .vnnlib file, a .npz with lo/hi, or 'data'."),
-    data: Optional[str] = typer.Option(None, "--data", help="Samples (.npy or .npz with 'x'), shape (N, features)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Class labels (.npy or .npz with 'y'), one per --data row."),
-    report: Optional[str] = typer.Option(None, "--report", help="Write the JSON report here."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same inputs and seed give the same output file)."),
-    device: str = typer.Option("auto", "--device", help="onnxruntime device: auto, cpu or cuda."),
-    samples: int = typer.Option(SAMPLES, "--samples", min=0, help="Uniform domain samples for sampling and verification."),
-    corners: int = typer.Option(CORNERS, "--corners", min=0, help="Maximum number of domain corners used."),
-    atol: float = typer.Option(ATOL, "--atol", min=0.0, help="Absolute tolerance of the verification."),
-    rtol: float = typer.Option(RTOL, "--rtol", min=0.0, help="Tolerance relative to the output scale."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=0.0, help="Seconds for the MILP proof (undecided neurons are kept)."),
-    solver: str = typer.Option("auto", "--solver", help="MILP solver: auto (Gurobi if licensed, else SCIP), scip or gurobi."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Solver threads."),
-    stability_method: str = typer.Option("auto", "--stability-method", help="auto, isa, per-neuron, or split (input branch and bound)."),
-    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="prune: fraction of weights to zero, 0 <= s < 1."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="quantize: bits per weight index, 1..8 (k-means codebook of 2^bits values)."),
-    score: Optional[str] = typer.Option(None, "--score", help="Score: magnitude, lap or fisher (drop also: dependence); default: the scoring analysis that ran."),
-    granularity: str = typer.Option("layer", "--granularity", help="prune: the sparsity per layer or global (one threshold)."),
-    quant: str = typer.Option("kmeans", "--quant", help="quantize: kmeans (codebook + packed indices) or int8 (per-channel DequantizeLinear)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: max accuracy drop in points (needs labels)."),
-    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Budget: min top-1 agreement with the original, in %."),
-    max_class_drop: Optional[float] = typer.Option(None, "--max-class-drop", help="Budget: max accuracy drop of the worst class, in points (needs labels)."),
-    drop: Optional[float] = typer.Option(None, "--drop", help="drop: fraction of hidden neurons to remove."),
-    lap_variant: str = typer.Option("full", "--lap-variant", help="LAP variant: full, forward (LFP), backward (LBP), lap-forward, lap-backward, lap-forward-seq, lap-backward-seq."),
-    fisher_objective: str = typer.Option("auto", "--fisher-objective", help="fisher: auto, unsupervised, gradient or gradient+hessian."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-) -> None:
-    """Compile MODEL with the given passes, verify the result against MODEL, write it to OUTPUT."""
-    # Checked here, not where they are used: a pass that never reaches its solver would otherwise
-    # accept a misspelt value silently.
-    if solver not in SOLVERS:
-        raise click_exceptions.BadParameter(f"{solver!r}: expected one of {', '.join(SOLVERS)}", param_hint="--solver")
-    from passes.analysis.stability import METHODS
-
-    if stability_method not in METHODS:
-        raise click_exceptions.BadParameter(f"{stability_method!r}: expected one of {', '.join(METHODS)}",
-                                            param_hint="--stability-method")
-    if time_limit is not None and not time_limit > 0:
-        raise click_exceptions.BadParameter(f"{time_limit:g}: expected seconds > 0", param_hint="--time-limit")
-    pass_options = {"time_limit": time_limit, "solver": solver, "threads": threads,
-                    "stability_method": stability_method}
-    pass_options.update(_lossy_options(sparsity, bits, score, granularity, quant, max_drop, min_agreement,
-                                       max_class_drop, drop, lap_variant, fisher_objective))
-    opts = RunOptions(domain=domain, data=data, labels=labels, seed=seed, device=device, samples=samples,
-                      corners=corners, atol=atol, rtol=rtol, report=report, pass_options=pass_options)
-    rep, result = compile_model(model, passes, output, opts, progress=_RichProgress())
-    _print_run(rep)
-    out.print(f"verify {result.summary()}")
-    out.print(f"wrote {output}")
+        body = formats.junit(report) if fmt == "junit" else json.dumps(report, indent=2) + "\n"
+        save_atomic(body.encode(), report_path)
+    if fmt == "junit":
+        text()
 
 
-@app.command()
-def verify(
-    reference: str = typer.Argument(..., help="The original ONNX model."),
-    candidate: str = typer.Argument(..., help="The model that should compute the same function."),
-    domain: Optional[str] = typer.Option(None, "--domain", help="LO:HI, .vnnlib, .npz (lo/hi) or 'data'; default: the domain recorded by onnxcomp in CANDIDATE."),
-    data: Optional[str] = typer.Option(None, "--data", help="Samples (.npy or .npz with 'x')."),
-    samples: int = typer.Option(SAMPLES, "--samples", min=0, help="Uniform domain samples."),
-    corners: int = typer.Option(CORNERS, "--corners", min=0, help="Maximum number of domain corners."),
-    seed: int = typer.Option(0, "--seed"),
-    atol: float = typer.Option(ATOL, "--atol", min=0.0),
-    rtol: float = typer.Option(RTOL, "--rtol", min=0.0, help="Tolerance relative to the output scale."),
-    device: str = typer.Option("auto", "--device"),
-    report: Optional[str] = typer.Option(None, "--report", help="Write the JSON report here."),
-    formal: bool = typer.Option(False, "--formal", help="Also certify max |difference| over the domain box with a MILP."),
-    time_limit: float = typer.Option(60.0, "--time-limit", min=0.0, help="Seconds for --formal (the bound stays valid, only looser)."),
-    solver: str = typer.Option("auto", "--solver", help="MILP solver for --formal: auto, scip or gurobi."),
-    debug: bool = typer.Option(False, "--debug"),
-) -> None:
-    """Check that CANDIDATE computes what REFERENCE computes (exit 0 PASSED, 1 FAILED)."""
-    rep, result = verify_files(reference, candidate, domain=domain, data=data, samples=samples, corners=corners,
-                               seed=seed, atol=atol, rtol=rtol, device=device, report_path=report,
-                               formal=formal, time_limit=time_limit, solver=solver)
-    if rep.formal:
-        f = rep.formal
-        out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}")
-    out.print(result.summary())
+# ---- the commands --------------------------------------------------------------------------------------------------
+@click.group(context_settings=CONTEXT, invoke_without_command=False, no_args_is_help=True,
+             help="Make ReLU networks smaller: exactly where provable, within a stated budget where allowed.")
+@click.version_option(__version__, "--version", prog_name="onnxcomp", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def app(debug: bool) -> None:
+    """onnxcomp: an ONNX graph-to-graph compiler for ReLU networks."""
+
+
+def _run_command() -> click.Command:
+    from .api import RunSettings
+    from .options import specs
+
+    params = [
+        click.Argument(["model"], required=False),
+        click.Option(["-p", "--passes", "passes"], default=None, metavar="NAMES",
+                     help="Comma-separated passes, e.g. stable,lap (see `onnxcomp passes`)."),
+        click.Option(["-o", "--output", "output"], default=None, metavar="FILE",
+                     help="Output ONNX file (written only if verified)."),
+        click.Option(["--report", "report"], default=None, metavar="FILE",
+                     help="Write the report here (JSON; JUnit XML with --format junit)."),
+        click.Option(["--config", "config"], default=None, metavar="TOML",
+                     help="Read the pipeline from a TOML file (keys: the long option names); flags override it."),
+        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
+                     help="Output: text tables, json, md (Markdown summary, also appended to $GITHUB_STEP_SUMMARY), "
+                          "junit (JUnit XML to --report).  [default: text]"),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+    ]
+    params += [click_option(s) for s in specs(RunSettings)]
+    merged, tags = _pass_option_specs()
+    params += [click_option(s, tags[name]) for name, s in merged.items()]
+    return click.Command("run", params=params, callback=_run, context_settings=CONTEXT,
+                         help="Compile MODEL with the given passes, verify the result against MODEL, write it to "
+                              "OUTPUT.  Every option can also come from --config.")
+
+
+def _run(model, passes, output, report, config, format, debug, **options) -> None:
+    from . import api
+    from .options import specs
+
+    merged, _ = _pass_option_specs()
+    settings = {s.name: s for s in specs(api.RunSettings)}
+    origins: dict = {}
+    values: dict = {}
+    per_pass: dict = {}
+    if config:
+        from . import config as config_mod
+        from .pipeline import REGISTRY, load_passes
+
+        load_passes()
+        cfg = config_mod.load(config, {**settings, **merged},
+                              {n: {s.name: s for s in REGISTRY[n].option_specs()} for n in REGISTRY},
+                              {"format": FORMATS})
+        values.update(cfg.values)
+        per_pass = cfg.per_pass
+        origins.update({k: cfg.label(k) for k in cfg.values})
+    given = {"model": model, "passes": passes, "output": output, "report": report, "format": format}
+    given.update(options)
+    for key, value in given.items():
+        if value is not None:
+            values[key] = value
+            origins.pop(key, None)
+    if format is not None and format not in FORMATS:
+        raise UsageError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if not values.get("model"):
+        raise UsageError("missing MODEL (give it as the first argument or as model = ... in --config)")
+    if not values.get("output"):
+        where = f" (or output = ... in {config})" if config else ""
+        raise UsageError(f"missing option -o / --output{where}")
+    model_path, out_path = values.pop("model"), values.pop("output")
+    report_path, fmt = values.pop("report", None), values.pop("format", "text")
+    if fmt == "junit" and not report_path:
+        raise UsageError("--format junit writes the JUnit XML to --report; give --report FILE")
+    api.check_output_path(out_path, [model_path])
+    if report_path:
+        api.check_output_path(report_path, [model_path], "--report", other_output=out_path)
+    inputs = {k: values.pop(k) for k in ("domain", "data", "labels") if k in values}
+    try:
+        result = api.compress(model_path, values.pop("passes", ""), pass_options=per_pass, progress=_RichProgress(),
+                              **inputs, **values)
+    except OptionError as exc:
+        raise _relabel(exc, origins) from None
+    except OnnxcompError as exc:
+        failed = getattr(exc, "report", None)
+        if failed is not None and report_path:
+            _emit(failed, fmt if fmt != "text" else "json", report_path, lambda: None)
+        raise
+    result.save(out_path)
+    rep = result.report
+
+    def text():
+        _print_run(rep)
+        out.print(f"verify {result.verification.summary()}")
+        out.print(f"wrote {out_path}")
+
+    _emit(rep, fmt, report_path, text)
+
+
+def _verify_command() -> click.Command:
+    from .api import VerifySettings
+    from .options import specs
+
+    params = [
+        click.Argument(["reference"]),
+        click.Argument(["candidate"]),
+        click.Option(["--report", "report"], default=None, metavar="FILE",
+                     help="Write the report here (JSON; JUnit XML with --format junit)."),
+        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
+                     help="Output: text, json, md (also appended to $GITHUB_STEP_SUMMARY), junit (JUnit XML to "
+                          "--report).  [default: text]"),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+    ]
+    params += [click_option(s) for s in specs(VerifySettings)]
+    return click.Command("verify", params=params, callback=_verify, context_settings=CONTEXT,
+                         help="Check that CANDIDATE computes what REFERENCE computes (exit 0 PASSED, 1 FAILED).")
+
+
+def _verify(reference, candidate, report, format, debug, **options) -> None:
+    from . import api
+
+    fmt = format or "text"
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "junit" and not report:
+        raise UsageError("--format junit writes the JUnit XML to --report; give --report FILE")
+    if report:
+        api.check_output_path(report, [reference, candidate], "--report")
+    given = {k: v for k, v in options.items() if v is not None}
+    inputs = {k: given.pop(k) for k in ("domain", "data") if k in given}
+    try:
+        result = api.verify(reference, candidate, **inputs, **given)
+    except OptionError as exc:
+        raise _relabel(exc, {}) from None
+
+    def text():
+        f = result.formal
+        if f:
+            out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}")
+        out.print(result.summary())
+        if not result.passed:
+            from .formats import min_tolerances
+
+            tol = min_tolerances(result.to_dict())
+            out.print(f"would pass with --atol {tol['atol']:.3g} (at --rtol {result.rtol:g}) or --rtol {tol['rtol']:.3g} "
+                      f"(at --atol {result.atol:g})")
+
+    _emit(result.report, fmt, report, text)
     if not result.passed:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
-@app.command()
-def inspect(
-    model: str = typer.Argument(..., help="ONNX model."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    debug: bool = typer.Option(False, "--debug"),
-) -> None:
+@app.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def inspect(model: str, as_json: bool, debug: bool) -> None:
     """Show the lowered chain (layers, widths, params), kept prefix/suffix ops and file size."""
+    from .api import inspect as inspect_model
+
     info = inspect_model(model)
     if as_json:
-        import json
-
         out.print_json(json.dumps(info))
         return
     i = info["input"]
-    out.print(f"{info['file']}  ({_size(info['file_bytes'])}, opset {info['opset']}, IR {info['ir_version']}, producer {info['producer'] or '-'})")
+    out.print(f"{info['file']}  ({_size(info['file_bytes'])}, opset {info['opset']}, IR {info['ir_version']}, "
+              f"producer {info['producer'] or '-'})")
     out.print(f"input  {i['name']} {i['shape']} {i['dtype']}")
     for o in info["outputs"]:
         out.print(f"output {o['name']} {o['shape']}")
@@ -250,7 +342,8 @@ def inspect(
     for col in ("layer", "in", "out", "activation", "params", "nonzero", "source"):
         table.add_column(col, justify="right" if col in ("in", "out", "params", "nonzero") else "left")
     for l in info["chain"]["layers"]:
-        table.add_row(str(l["layer"]), str(l["in"]), str(l["out"]), l["activation"], f"{l['params']:,}", f"{l['nonzero']:,}", l["source"])
+        table.add_row(str(l["layer"]), str(l["in"]), str(l["out"]), l["activation"], f"{l['params']:,}",
+                      f"{l['nonzero']:,}", l["source"])
     out.print(table)
     s = info["summary"]
     out.print(f"hidden widths {s['widths']}, params {s['params']:,}, MACs/sample {s['macs']:,}")
@@ -260,21 +353,87 @@ def inspect(
         out.print(f"{k}: {v if len(v) < 120 else v[:117] + '...'}")
 
 
-@app.command("passes")
-def list_passes() -> None:
-    """List the available passes and composite names."""
+@app.command("passes", context_settings=CONTEXT)
+@click.argument("name", required=False)
+def list_passes(name: str | None) -> None:
+    """List the passes (what each needs, provides and its options), or show one pass in full."""
+    from .pipeline import COMPOSITES, KIND_NAMES, NEEDS, REGISTRY, load_passes
+
     load_passes()
-    table = Table(show_edge=False)
-    for col in ("name", "kind", "exact", "what it does", "paper"):
-        table.add_column(col)
-    for name in sorted(COMPOSITES):
-        c = COMPOSITES[name]
-        steps = " -> ".join(c.steps + ((c.default_next,) if c.default_next else ()))
-        table.add_row(name, "composite", "", f"{c.summary} ({steps})", c.paper)
-    for name in sorted(REGISTRY):
+    if name is not None:
+        if name in COMPOSITES:
+            c = COMPOSITES[name]
+            steps = " -> ".join(c.steps + ((f"[{c.default_next}]",) if c.default_next else ()))
+            out.print(f"{name}: composite, {c.summary}\n  runs: {steps}\n  paper: {c.paper}")
+            if name not in REGISTRY:
+                return
+            out.print("")
+        if name not in REGISTRY:
+            raise UsageError(f"unknown pass '{name}'; available: {', '.join(sorted(set(REGISTRY) | set(COMPOSITES)))}")
         p = REGISTRY[name]
-        table.add_row(name, p.kind, "yes" if p.exact else "lossy", p.summary, p.paper)
+        out.print(f"{p.name}: {KIND_NAMES[p.kind]}, {p.summary}", markup=False)
+        if p.paper:
+            out.print(f"  paper:    {p.paper}", markup=False)
+        out.print(f"  needs:    {', '.join(NEEDS[n][1] for n in p.needs) or 'nothing from the user'}", markup=False)
+        req = p.required(p.defaults())
+        out.print(f"  requires: {', '.join(t.__name__ for t in req) or 'no earlier annotation'}"
+                  + (" (more with some options, see below)" if callable(p.requires) else ""), markup=False)
+        if p.uses:
+            out.print(f"  uses:     {', '.join(t.__name__ for t in p.uses)} when present", markup=False)
+        out.print(f"  provides: {', '.join(t.__name__ for t in p.provides) or ('a new network' if p.is_transform else '-')}",
+                  markup=False)
+        specs = p.option_specs()
+        if specs:
+            out.print("  options (flag / config key / compress() keyword):", markup=False)
+            for s in specs:
+                default = f" [default: {s.default_text()}]" if s.default is not None else ""
+                out.print(f"    {s.flag} / {s.name}: {s.help}; {s.expectation()}{default}", markup=False)
+        if p.doc:
+            out.print("")
+            out.print(p.doc, markup=False)
+        return
+    table = Table(show_edge=False)
+    for col in ("name", "kind", "needs", "provides", "options", "what it does"):
+        table.add_column(col)
+    for cname in sorted(COMPOSITES):
+        c = COMPOSITES[cname]
+        steps = " -> ".join(c.steps + ((c.default_next,) if c.default_next else ()))
+        table.add_row(cname, "composite", "", "", "", escape(f"{c.summary} ({steps})"))
+    for pname in sorted(REGISTRY):
+        p = REGISTRY[pname]
+        provides = ", ".join(t.__name__ for t in p.provides) or ("network" if p.is_transform else "")
+        table.add_row(pname, KIND_NAMES[p.kind], ", ".join(NEEDS[n][1] for n in p.needs), provides,
+                      " ".join(s.flag for s in p.option_specs()), escape(p.summary))
     out.print(table)
+
+
+@app.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1)
+@click.option("--config", "config", default="onnxcomp-verify.toml", show_default=True,
+              help="TOML file naming, per candidate model, the reference it must match.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def precommit(files: tuple, config: str, debug: bool) -> None:
+    """Verify changed ONNX FILES against the references the config names (a pre-commit hook)."""
+    from . import api
+    from .precommit import checks_for, load_config
+
+    checks = checks_for(load_config(config), list(files))
+    failed = 0
+    for check in checks:
+        result = api.verify(check.reference, check.candidate, **check.options)
+        word = "PASSED" if result.passed else "FAILED"
+        out.print(f"{check.candidate} vs {check.reference}: {word}: {result.summary()}", markup=False)
+        failed += not result.passed
+    if not checks:
+        out.print("no changed model is named in " + config, markup=False)
+    if failed:
+        raise SystemExit(1)
+
+
+def _add_generated_commands() -> None:
+    """(Re)build ``run`` and ``verify`` from the declarations registered now (plugins included)."""
+    app.add_command(_run_command())
+    app.add_command(_verify_command())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,15 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         if not debug:  # library warnings (numpy overflow, deprecations) would break the one-line contract
             warnings.simplefilter("ignore")
-        return _run_command(argv, debug)
+        return _run_app(argv, debug)
 
 
-def _run_command(argv: list[str], debug: bool) -> int:
-    command = typer.main.get_command(app)
+def _run_app(argv: list[str], debug: bool) -> int:
     try:
-        rv = command.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        _add_generated_commands()
+        rv = app.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except typer.Exit as exc:
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    except click_exceptions.Exit as exc:
         return exc.exit_code
     except click_exceptions.NoArgsIsHelpError as exc:
         err.print(exc.format_message(), markup=False)
@@ -301,9 +462,15 @@ def _run_command(argv: list[str], debug: bool) -> int:
         msg = exc.format_message().strip().splitlines()
         err.print(f"onnxcomp: error: {' '.join(m.strip() for m in msg)}", markup=False)
         return 2
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, click_exceptions.Abort):
         err.print("onnxcomp: interrupted; nothing written", markup=False)
         return 130
+    except InternalError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"onnxcomp: internal error: {exc} (a bug in onnxcomp; rerun with --debug for the traceback)",
+                  markup=False)
+        return exc.exit_code
     except OnnxcompError as exc:
         if debug:
             traceback.print_exc()
@@ -312,8 +479,9 @@ def _run_command(argv: list[str], debug: bool) -> int:
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             traceback.print_exc()
-        err.print(f"onnxcomp: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", markup=False)
-        return 2
+        err.print(f"onnxcomp: internal error: {type(exc).__name__}: {exc} (a bug in onnxcomp; rerun with --debug "
+                  f"for the traceback)", markup=False)
+        return InternalError.exit_code
 
 
 def entry() -> None:

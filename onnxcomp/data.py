@@ -45,42 +45,53 @@ def _open_array(path: str, flag: str, prefer: str) -> np.ndarray:
 
 def load_data(path: str, n_features: int, sample_shape: tuple | None = None) -> np.ndarray:
     """Samples as an (N, n_features) array (a memory map for .npy, converted lazily by consumers)."""
-    arr = _open_array(path, "--data", "x")
+    return check_data(_open_array(path, "--data", "x"), n_features, f"--data {path}")
+
+
+def check_data(arr: np.ndarray, n_features: int, what: str = "data") -> np.ndarray:
+    """``arr`` (file contents or an array given in Python) as (N, n_features) rows, refused (one
+    ``InputError`` line starting with ``what``) unless numeric, non-empty, of the model's size and finite."""
+    arr = arr if isinstance(arr, np.ndarray) else np.asarray(arr)
     if arr.dtype.kind not in "fiu":
-        raise InputError(f"--data {path}: dtype {arr.dtype} is not numeric (expected float)")
+        raise InputError(f"{what}: dtype {arr.dtype} is not numeric (expected float)")
     if arr.ndim == 0 or arr.shape[0] == 0:
-        raise InputError(f"--data {path}: has no rows")
+        raise InputError(f"{what}: has no rows")
     per_sample = int(prod(arr.shape[1:])) if arr.ndim > 1 else 1
     if per_sample != n_features:
         if arr.ndim == 1 and arr.size == n_features:
-            raise InputError(f"--data {path}: a single sample of shape {arr.shape}; give shape (N, {n_features})")
-        raise InputError(f"--data {path}: samples have {per_sample} features (shape {arr.shape}) but the model takes {n_features}")
+            raise InputError(f"{what}: a single sample of shape {arr.shape}; give shape (N, {n_features})")
+        raise InputError(f"{what}: samples have {per_sample} features (shape {arr.shape}) but the model takes {n_features}")
     flat = arr.reshape(arr.shape[0], n_features)
     for start in range(0, flat.shape[0], CHUNK):
         part = np.asarray(flat[start : start + CHUNK])
         if part.dtype.kind == "f" and not np.all(np.isfinite(part)):
             row = start + int(np.flatnonzero(~np.all(np.isfinite(part), axis=1))[0])
-            raise InputError(f"--data {path}: row {row} contains NaN or Inf")
+            raise InputError(f"{what}: row {row} contains NaN or Inf")
         release(flat)
     return flat
 
 
 def load_labels(path: str, n_rows: int) -> np.ndarray:
     """Integer class labels, one per data row."""
-    arr = _open_array(path, "--labels", "y")
-    arr = np.asarray(arr).reshape(-1) if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1) else np.asarray(arr)
+    return check_labels(_open_array(path, "--labels", "y"), n_rows, f"--labels {path}")
+
+
+def check_labels(arr: np.ndarray, n_rows: int, what: str = "labels") -> np.ndarray:
+    """Integer class labels, one per data row (refused with one ``InputError`` line starting with ``what``)."""
+    arr = np.asarray(arr)
+    arr = arr.reshape(-1) if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1) else arr
     if arr.ndim != 1:
-        raise InputError(f"--labels {path}: expected one label per row, got shape {arr.shape}")
+        raise InputError(f"{what}: expected one label per row, got shape {arr.shape}")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise InputError(f"--labels {path}: labels must be whole class numbers")
+            raise InputError(f"{what}: labels must be whole class numbers")
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
-        raise InputError(f"--labels {path}: dtype {arr.dtype} is not an integer class label")
+        raise InputError(f"{what}: dtype {arr.dtype} is not an integer class label")
     if arr.shape[0] != n_rows:
-        raise InputError(f"--labels {path}: has {arr.shape[0]} labels for {n_rows} data rows")
+        raise InputError(f"{what}: has {arr.shape[0]} labels for {n_rows} data rows")
     if arr.size and arr.min() < 0:
-        raise InputError(f"--labels {path}: negative class label {int(arr.min())}")
+        raise InputError(f"{what}: negative class label {int(arr.min())}")
     return arr.astype(np.int64)
 
 

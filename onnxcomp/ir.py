@@ -1,7 +1,9 @@
 """The intermediate representation every pass works on: a chain of dense layers.
 
 ``Network`` is a plain, immutable dataclass holding ``Dense`` layers in float64.  Passes never
-mutate one; they build a new one with :func:`dataclasses.replace`.  Each layer remembers the
+mutate one; they build a new one with :func:`dataclasses.replace`.  Every array an IR object holds is
+read-only (a private copy when the caller's array was writeable), so an analysis cannot change a
+network by accident: writing into ``layer.weight`` raises ``ValueError``.  Each layer remembers the
 original index of every neuron it still has (``neuron_ids``) and the index of the layer it came
 from (``layer_id``), so a report can always speak in the numbering of the model the user gave us.
 
@@ -25,6 +27,16 @@ LINEAR = "linear"
 ACTIVATIONS = (RELU, LINEAR)
 
 
+def frozen_array(a, dtype=None) -> np.ndarray:
+    """``a`` as a read-only array (copied unless it already is one of ``dtype``)."""
+    arr = np.asarray(a, dtype=dtype)
+    base = arr.base if isinstance(arr.base, np.ndarray) else None
+    if arr.flags.writeable or (base is not None and base.flags.writeable):  # a read-only view of a writeable array
+        arr = arr.copy()
+        arr.flags.writeable = False
+    return arr
+
+
 @dataclass(frozen=True, eq=False)
 class Quantization:
     """How a layer's weights are stored once quantized.
@@ -39,6 +51,12 @@ class Quantization:
     codebook: np.ndarray | None = None
     scale: np.ndarray | None = None
     bits: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("codes", "codebook", "scale"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, frozen_array(value))
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,8 +84,8 @@ class Dense:
             raise ValueError(f"Dense bias has {b.shape[0]} entries for {w.shape[0]} neurons")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}")
-        object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "bias", b)
+        object.__setattr__(self, "weight", frozen_array(w))
+        object.__setattr__(self, "bias", frozen_array(b))
         ids = tuple(int(i) for i in self.neuron_ids) if self.neuron_ids else tuple(range(w.shape[0]))
         if len(ids) != w.shape[0]:
             raise ValueError(f"Dense has {w.shape[0]} neurons but {len(ids)} neuron_ids")
@@ -112,8 +130,8 @@ class Box:
         hi = np.asarray(self.hi, dtype=np.float64).reshape(-1)
         if lo.shape != hi.shape:
             raise ValueError(f"domain lo has {lo.size} entries but hi has {hi.size}")
-        object.__setattr__(self, "lo", lo)
-        object.__setattr__(self, "hi", hi)
+        object.__setattr__(self, "lo", frozen_array(lo))
+        object.__setattr__(self, "hi", frozen_array(hi))
 
     @property
     def size(self) -> int:

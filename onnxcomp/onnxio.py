@@ -133,6 +133,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model.ParseFromString(data)
     except Exception:  # protobuf raises DecodeError or RuntimeError depending on backend
         raise InputError(f"{name}: not an ONNX model (protobuf parse error)") from None
+    return check_model(model, name, p.parent)
+
+
+def check_model(model: onnx.ModelProto, name: str = "model", folder: Path | None = None) -> onnx.ModelProto:
+    """Validate a model (read from a file in ``folder``, or built in memory); any defect is one
+    ``InputError`` line naming ``name``.  External data is loaded from ``folder``."""
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InputError(f"{name}: not an ONNX model (no graph)")
     for t in _all_tensors(model):
@@ -144,11 +150,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             raise InputError(
                 f"{name}: initializer '{t.name}' declares shape {list(t.dims)} ({declared} values) but holds {held}"
             )
-    _check_external_data(model, p.parent, name)
-    try:
-        onnx.load_external_data_for_model(model, str(p.parent))
-    except Exception as exc:
-        raise InputError(f"{name}: cannot load external data ({exc})") from None
+    if folder is not None:
+        _check_external_data(model, folder, name)
+        try:
+            onnx.load_external_data_for_model(model, str(folder))
+        except Exception as exc:
+            raise InputError(f"{name}: cannot load external data ({exc})") from None
     try:
         onnx.checker.check_model(model)
     except Exception as exc:

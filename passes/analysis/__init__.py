@@ -1,1 +1,1 @@
-"""Analysis passes: they read a Network and return annotations, never touching weights."""
+"""Analysis passes: they prove or measure facts about a network and return annotations; the network is untouched."""

@@ -1,182 +1,29 @@
-"""``fisher``: weight importance from the rate-distortion paper · Network -> FisherScores (network untouched).
-
-The chain's output are logits ``z``; ``f = softmax(z / T)`` (``T`` = ``ctx.opt("fisher_temperature", 1)``,
-paper App. C.3.1).  Over the calibration rows ``x`` (``--data``) we compute, by backpropagation through the
-IR in float64, batch by batch (memory independent of the number of rows), the diagonal of the weight
-importance matrix for the objective ``ctx.opt("fisher_objective", "auto")``
-(with a fidelity budget only the validation half of ``--data`` is used, see ``dependence.fitting_rows``):
-
-* ``unsupervised`` (Eq. 6, diagonal, §6.1): ``I_i = E_x[Σ_c (∂f_c/∂w_i)² / f_c]``;
-  the pruning saliency is ``I_i · w_i²``.
-* ``gradient`` (§6.2, needs labels): ``I_i = E_{x,y}[(∂L/∂w_i)²]`` with ``L`` the cross-entropy;
-  saliency ``I_i · w_i²``.
-* ``gradient+hessian`` (§6.2, needs labels): additionally ``H_i = E[(∂²L/∂w_i²)²]``;
-  saliency ``I_i · w_i² + ¼ H_i · w_i⁴``.
-* ``auto``: ``gradient+hessian`` when labels are given (``ctx.labels``), else ``unsupervised``.
-
-How, for a weight ``W_k[o, i]`` with layer input ``a`` and backpropagated pre-activation signal ``δ``: the
-per-row gradient of any scalar is ``δ_o · a_i``, so ``E[(∂/∂w)²] = (δ²)ᵀ(a²) / N`` is one matrix product per
-layer.  Since ``∂f_c/∂z = f_c (e_c − f)``, the Eq. 6 term is ``Σ_c (∂z/∂w · s_c)²`` with the seeds
-``s_c = √f_c (e_c − f) / T``: the C seeds are backpropagated together.  For the Hessian: on a ReLU network
-with a fixed activation pattern the logits are linear in any single weight, so (almost everywhere)
-``∂²L/∂w² = (∂z/∂w)ᵀ ∇²_z L (∂z/∂w)`` with ``∇²_z L = (diag f − f fᵀ)/T²`` -- exactly the same seeds,
-giving the per-row value ``D_o · a_i²`` with ``D_o = Σ_c δ_{c,o}²`` and ``H = (D²)ᵀ(a⁴) / N``.  This is exact, where
-the paper needed curvature propagation to estimate it.  (A consequence worth knowing: the LeCun-style
-Hessian objective ``E[∂²L/∂w²]`` equals the unsupervised importance here.)
-
-Neurons (``FisherScores.neurons``): the saliency of a multiplicative gate ``m`` on the neuron's output,
-removed by setting ``m`` from 1 to 0.  Its per-row derivative is ``δ_o · y_o`` (``y`` the pre-activation; 0
-where the ReLU is off), so the same formulas apply with ``a_i`` replaced by ``y_o`` and ``w`` by 1.  Unlike a
-sum of the incoming weights' diagonal saliencies, this keeps the correlations between them.
-
-``FisherScores`` is a ``WeightScores``: ``weights`` holds the saliency (distortion when the weight is pruned,
-higher = keep), and it adds ``importance`` (``I``, the weights of the paper's weighted k-means, §5.3/§6.1)
-and ``quartic`` (``H``, for its quartic k-means, App. C.2; ``None`` without the Hessian term).
-"""
+"""``fisher`` · Fisher weight importance E[(∂f/∂w)²/f] (gradient / gradient+Hessian with labels)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from onnxcomp.errors import InputError, UsageError
-from onnxcomp.ir import Network
-from onnxcomp.pipeline import ANALYSIS, Context, register
-
-from .dependence import chain_input_batches, data_batches, fitting_rows
-from .scores import WeightScores
-
-OBJECTIVES = ("auto", "unsupervised", "gradient", "gradient+hessian")
-BATCH = 512
+from onnxcomp.fisher import OBJECTIVES, analyse
+from onnxcomp.options import option
+from onnxcomp.pipeline import ANALYSIS, DATA, PassResult, register
+from onnxcomp.scores import FisherScores
 
 
-@dataclass
-class FisherScores(WeightScores):
-    """Fisher saliencies (``weights``, ``neurons``) plus the per-weight ``importance`` I and ``quartic`` H."""
-
-    importance: list | None = None
-    quartic: list | None = None
-    objective: str = ""
-    samples: int = 0
-    temperature: float = 1.0
+@dataclass(frozen=True)
+class FisherOptions:
+    fisher_objective: str = option("auto", "auto (gradient+hessian with labels, else unsupervised), "
+                                   "unsupervised, gradient or gradient+hessian", choices=OBJECTIVES)
+    fisher_temperature: float = option(1.0, "softmax temperature T of f = softmax(z / T)", gt=0.0)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _backward(net: Network, pres: list, seeds: np.ndarray) -> list[np.ndarray]:
-    """Backpropagate output seeds (N, S, n_out) to every layer's pre-activation: list of (N, S, width_k)."""
-    deltas = [None] * len(net.layers)
-    d = seeds
-    for k in range(len(net.layers) - 1, -1, -1):
-        layer = net.layers[k]
-        if layer.is_relu:
-            d = d * (pres[k] > 0.0)[:, None, :]
-        deltas[k] = d
-        if k:
-            d = d @ layer.weight
-    return deltas
-
-
-def accumulate(net: Network, h: np.ndarray, labels: np.ndarray | None, objective: str, temperature: float) -> dict:
-    """Sums over the rows of ``h`` (chain inputs) of the quantities the objective needs (see module doc)."""
-    out, pres = net.forward(h, preactivations=True)
-    inputs = [h] + [np.maximum(y, 0.0) if l.is_relu else y for l, y in zip(net.layers[:-1], pres[:-1])]
-    f = softmax(out / temperature)
-    n, c = f.shape
-    sums = {"I": [], "H": [], "In": [], "Hn": []}
-    need_curv = objective in ("unsupervised", "gradient+hessian")
-    if need_curv:
-        # seeds s_c = sqrt(f_c) (e_c - f) / T, one per class: (N, C, C)
-        curv_seeds = (np.sqrt(f)[:, :, None] * (np.eye(c)[None, :, :] - f[:, None, :])) / temperature
-        curv = [np.einsum("nsw,nsw->nw", d, d) for d in _backward(net, pres, curv_seeds)]  # D per layer (N, width)
-    if objective in ("gradient", "gradient+hessian"):
-        grad_seed = (f - np.eye(c)[labels]) / temperature
-        grad = [d[:, 0, :] for d in _backward(net, pres, grad_seed[:, None, :])]
-    for k in range(len(net.layers)):
-        a2 = inputs[k] ** 2
-        y2 = pres[k] ** 2
-        if objective == "unsupervised":
-            sums["I"].append(curv[k].T @ a2)
-            sums["In"].append(np.sum(curv[k] * y2, axis=0))
-        else:
-            g2 = grad[k] ** 2
-            sums["I"].append(g2.T @ a2)
-            sums["In"].append(np.sum(g2 * y2, axis=0))
-            if objective == "gradient+hessian":
-                d2 = curv[k] ** 2
-                sums["H"].append(d2.T @ (a2 * a2))
-                sums["Hn"].append(np.sum(d2 * y2 * y2, axis=0))
-    return sums
-
-
-def fisher_scores(net: Network, batches, labels: np.ndarray | None = None, objective: str = "unsupervised",
-                  temperature: float = 1.0) -> FisherScores:
-    """Fisher saliencies over chain-input ``batches`` (and ``labels`` aligned with their rows)."""
-    total: dict | None = None
-    count = 0
-    for h in batches:
-        y = None if labels is None else labels[count:count + h.shape[0]]
-        part = accumulate(net, h, y, objective, temperature)
-        total = part if total is None else {key: [a + b for a, b in zip(total[key], part[key])] for key in part}
-        count += h.shape[0]
-    if count == 0:
-        raise UsageError("needs --data (calibration samples)")
-    importance = [s / count for s in total["I"]]
-    neuron_imp = [s / count for s in total["In"]]
-    quartic = [s / count for s in total["H"]] if objective == "gradient+hessian" else None
-    weights, neurons = [], []
-    for k, layer in enumerate(net.layers):
-        w2 = layer.weight ** 2
-        sal = importance[k] * w2
-        nsal = neuron_imp[k].copy()
-        if quartic is not None:
-            sal = sal + 0.25 * quartic[k] * w2 * w2
-            nsal = nsal + 0.25 * total["Hn"][k] / count
-        weights.append(sal)
-        neurons.append(nsal)
-    return FisherScores(method=f"fisher-{objective}", weights=weights, neurons=neurons, fingerprint=net.fingerprint(),
-                        importance=importance, quartic=quartic, objective=objective, samples=count,
-                        temperature=temperature)
-
-
-def resolve_objective(ctx: Context, n_classes: int) -> str:
-    objective = str(ctx.opt("fisher_objective", "auto"))
-    if objective not in OBJECTIVES:
-        raise UsageError(f"fisher_objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
-    if objective == "auto":
-        objective = "gradient+hessian" if ctx.labels is not None else "unsupervised"
-    if objective != "unsupervised":
-        if ctx.labels is None:
-            raise UsageError(f"fisher objective '{objective}' needs --labels")
-        labels = np.asarray(ctx.labels)
-        if labels.shape[0] != ctx.data.shape[0]:
-            raise InputError(f"--labels has {labels.shape[0]} entries for {ctx.data.shape[0]} data rows")
-        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-            raise InputError(f"--labels: values must be class indices 0..{n_classes - 1} of the network's logits")
-    return objective
-
-
-@register("fisher", ANALYSIS, "Fisher weight importance E[(∂f/∂w)²/f] (gradient / gradient+Hessian with labels)",
+@register("fisher", kind=ANALYSIS, options=FisherOptions, needs=(DATA,), provides=(FisherScores,),
+          summary="Fisher weight importance E[(∂f/∂w)²/f] (gradient / gradient+Hessian with labels)",
           paper="Rate distortion for model compression (Gao et al., ICML 2019) Eq. 6, §6.2")
-def run(net: Network, ctx: Context) -> FisherScores:
-    if ctx.data is None:
-        raise UsageError("needs --data (calibration samples)")
-    if net.output_size < 2:
-        raise InputError("the network has a single output; Fisher importance needs class logits")
-    objective = resolve_objective(ctx, net.output_size)
-    temperature = float(ctx.opt("fisher_temperature", 1.0))
-    if not temperature > 0.0:
-        raise UsageError(f"fisher_temperature {temperature}: expected a positive number")
-    fit = fitting_rows(ctx)
-    labels = None if ctx.labels is None or objective == "unsupervised" else np.asarray(ctx.labels, dtype=np.int64)[fit]
-    scores = fisher_scores(net, chain_input_batches(net, data_batches(ctx, BATCH), ctx.device), labels, objective,
-                           temperature)
-    ctx.entry.update({"method": scores.method, "objective": objective, "samples": scores.samples,
-                      "temperature": temperature})
+def run(net, ctx, opts: FisherOptions) -> PassResult:
+    scores = analyse(net, ctx.calibration(), ctx.labels, opts.fisher_objective, opts.fisher_temperature)
     n_weights = sum(w.size for w in scores.weights)
-    ctx.entry["message"] = f"{scores.method} importance of {n_weights} weights on {scores.samples} rows"
-    return scores
+    return PassResult((scores,), entry={
+        "method": scores.method, "objective": scores.objective, "samples": scores.samples,
+        "temperature": scores.temperature,
+        "message": f"{scores.method} importance of {n_weights} weights on {scores.samples} rows"})

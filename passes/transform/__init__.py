@@ -1,1 +1,1 @@
-"""Transform passes: they return a new Network and log what they removed and why."""
+"""Transform passes: they return a new network (exact: same function on the domain; lossy: within a budget)."""

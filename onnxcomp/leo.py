@@ -1,4 +1,4 @@
-"""``fold`` (LEO++): the exact rewrites that stability makes possible, all layers at once.
+"""LEO++: the exact rewrites that stability makes possible, all layers at once (the ``fold`` pass's algebra).
 
 * stably inactive neuron · Dense -> its row of ``W^l, b^l`` and its column of ``W^{l+1}`` deleted;
 * neuron with zero incoming weights -> the constant ``act(b_i)`` moved into the next layer's bias;
@@ -15,7 +15,7 @@
 
 Everything is exact on the domain in real arithmetic; the written model differs only by float
 reassociation, which the verification step measures.  Removals certified by a MILP with a margin
-epsilon (see ``passes/analysis/stability.py``) contribute to ``stable.epsilon_error_bound``, a
+epsilon (see ``onnxcomp.stability.schedule``) contribute to ``stable.epsilon_error_bound``, a
 worst-case bound on the output change they can cause.
 """
 
@@ -25,10 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcomp.errors import UsageError
-from onnxcomp.ir import LINEAR, RELU, Dense, Network
-from onnxcomp.pipeline import TRANSFORM, Context, register
-from passes.analysis.stability_state import StabilityState, merge
+from .ir import LINEAR, RELU, Dense, Network
+from .stability.state import StabilityState
 
 RANK_TOL = 1e-10
 
@@ -232,33 +230,15 @@ def stability_report(net: Network, st: StabilityState, removed: list, folded: li
                 {"layer": net.layers[k].layer_id, "neuron": net.layers[k].neuron_ids[i]} for k, i in st.conflicts]}
 
 
-@register("fold", TRANSFORM, "LEO++: delete stably inactive neurons, merge stably active ones, fold affine layers",
-          paper="ISA Appendix A5 (LEO++)")
-def run(net: Network, ctx: Context) -> Network:
-    from passes.analysis.stability_state import Findings
-
-    if not any(isinstance(a, Findings) or hasattr(a, "seen_active") for a in ctx.annotations.values()):
-        raise UsageError("needs the stability analyses first (use -p stable)")
-    st = merge(net, ctx.annotations)
+def fold(net: Network, st: StabilityState, solver_info: dict | None = None) -> tuple[Network, dict]:
+    """``net`` with every rewrite ``st`` allows applied, and the ``stable`` report block (per layer the
+    stably inactive, active and undecided neurons, every removal with its proof, folded layers, totals,
+    ``epsilon_error_bound``; ``constant`` when the network became a constant on the domain).
+    ``solver_info`` (solver, status, ...) is added to the removals a MILP certified."""
     folder = _Folder(net, st)
     folder.run()
     new, constant = folder.network(net)
-    milp_entry = next((e for e in reversed(ctx.log) if e.get("name") == "milp"), {})
-    # A MILP certificate only ever comes from a solve that ended optimal (a per-layer ISA after the
-    # whole-network one ran out of time, or one per-neuron MILP); the run's own status may still say
-    # "timelimit", so both are reported.
-    solver_info = {k: milp_entry.get(k) for k in ("solver", "milp_seconds") if milp_entry.get(k) is not None}
-    if milp_entry.get("solver"):
-        solver_info.update({"status": "optimal", "run_status": milp_entry.get("status")})
-    report = stability_report(net, st, folder.removed, folder.folded_layers, solver_info)
+    report = stability_report(net, st, folder.removed, folder.folded_layers, solver_info or {})
     if constant:
-        ctx.warn("the network is constant on the domain; emitted as a constant")
         report["constant"] = True
-    if st.conflicts:
-        ctx.warn(f"{len(st.conflicts)} neurons proven stable but witnessed otherwise in float32 sampling; kept")
-    ctx.extra["stable"] = report
-    ctx.entry.update({"removed_neurons": len(folder.removed), "folded_layers": len(folder.folded_layers),
-                      "widths_before": net.widths, "widths_after": new.widths,
-                      "epsilon_error_bound": report["epsilon_error_bound"],
-                      "message": f"widths {net.widths} -> {new.widths}, {len(folder.removed)} neurons removed"})
-    return new
+    return new, report

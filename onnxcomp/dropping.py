@@ -1,4 +1,4 @@
-"""``drop``: remove whole hidden neurons · Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted.
+"""Removing whole hidden neurons (the ``drop`` pass's machinery): Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted.
 
 Removing the set ``J`` of neurons of hidden layer ``k`` (keeping ``H``) deletes their rows of ``W_k, b_k``
 and replaces their contribution to the next layer by its best affine prediction from the kept neurons,
@@ -12,7 +12,7 @@ the prediction is exact and the removal changes nothing but float rounding.
 
 Which neurons, in which order: one fixed ranking of all hidden neurons, so that dropping more always
 drops a superset (what a budget search needs).  The lossless neurons of ``dependence`` (the exact prefix of
-its greedy order) always come first; the rest follow the score ``ctx.opt("score", "auto")``:
+its greedy order) always come first; the rest follow the score (option ``score``):
 
 * ``dependence`` -- LRE's greedy order, by how much each removal changes the next layer's input relative
   to that input's RMS (comparable across layers);
@@ -21,15 +21,15 @@ its greedy order) always come first; the rest follow the score ``ctx.opt("score"
   scores are in the units of each layer's own weights and would not compare across layers otherwise;
 * ``auto`` -- ``dependence`` when it ran, else ``fisher``, else ``lap``, else ``magnitude``.
 
-Each hidden layer keeps at least one neuron.  Strength (``ctx.opt("drop")``): a fraction ``0 < f < 1`` of
+Each hidden layer keeps at least one neuron.  Strength (option ``drop``): a fraction ``0 < f < 1`` of
 the hidden neurons or a count ``>= 1``; with a fidelity budget the strongest count meeting it is searched
 (``lossy.apply_with_budget``); with neither, only the lossless neurons are dropped.  Layers are readjusted
 first to last, each on the activations of the network as already changed; the statistics are fitted on
 the data rows (only the validation half under a budget) plus domain samples, like ``dependence``.  New
-layers keep the ``neuron_ids`` of their survivors, and ``ctx.entry["removed"]`` lists every removed neuron
-in the original numbering with the reason (``ctx.entry["all_lossless"]`` says whether every removal was).
-The moment and least-squares helpers are shared with ``passes.analysis.dependence`` (imported as library
-functions); ``drop`` reads that analysis' annotation but never runs it.
+layers keep the ``neuron_ids`` of their survivors, and :func:`removals` lists every removed neuron in the
+original numbering with the reason (and whether every removal was lossless).
+The moment and least-squares helpers are shared with ``onnxcomp.dependence``; ``drop`` reads that
+analysis' annotation but never runs it.
 """
 
 from __future__ import annotations
@@ -38,15 +38,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxcomp.errors import UsageError
-from onnxcomp.ir import Network
-from onnxcomp.pipeline import TRANSFORM, Context, register
-from passes.analysis.dependence import Dependence, activation_moments, affine_predictor
-
-from .lossy import apply_with_budget
+from .calibration import CalibrationSet, activation_moments
+from .dependence import Dependence, affine_predictor
+from .errors import UsageError
+from .ir import Network
 
 SOURCES = ("auto", "dependence", "fisher", "lap", "magnitude")
-ANNOTATION = {"dependence": "dependence", "fisher": "fisher", "lap": "lookahead"}
+ANALYSIS_OF = {"dependence": "dependence", "fisher": "fisher", "lap": "lookahead"}
 
 
 @dataclass(frozen=True)
@@ -74,29 +72,13 @@ def parse_drop(value, total: int, cap: int) -> int:
     return count
 
 
-def _dependence(net: Network, ctx: Context, explicit: bool) -> Dependence | None:
-    dep = ctx.annotations.get("dependence")
-    if dep is None:
-        if explicit:
-            raise UsageError("--score dependence needs the 'dependence' analysis before this pass (e.g. -p lre)")
-        return None
-    if not dep.matches(net):
-        msg = "the 'dependence' analysis was computed on a network a later transform changed"
-        if explicit:
-            raise UsageError(msg + "; run it right before 'drop'")
-        ctx.warn(msg + "; drop ignores it")
-        return None
-    return dep
-
-
-def _neuron_scores(net: Network, ctx: Context, source: str):
-    """(method, per-layer neuron scores) for a weight-score source, refusing scores of another network."""
-    from passes.analysis.scores import magnitude_scores
+def neuron_scores(source: str, scores, net: Network):
+    """(method, per-layer neuron scores) of a weight-score ``source``; refuses scores of another network."""
+    from .scores import magnitude_scores
 
     if source == "magnitude":
         return "magnitude", magnitude_scores(net).neurons
-    name = ANNOTATION[source]
-    scores = ctx.annotations.get(name)
+    name = ANALYSIS_OF[source]
     if scores is None:
         raise UsageError(f"--score {source} needs the '{name}' analysis before this pass")
     if not scores.matches(net) or scores.neurons is None:
@@ -127,16 +109,16 @@ def _why_lossless(layer, d, pos: int, samples: int, kept: set) -> str:
             f"(outgoing weights {d.outgoing[pos]:.1e})")
 
 
-def ranking(net: Network, ctx: Context) -> tuple[list[Candidate], str, Dependence | None]:
-    """All droppable hidden neurons, lossless ones first, in the order they would be dropped; the score
-    method used; and the ``dependence`` annotation when it applies to ``net``."""
-    source = str(ctx.opt("score", "auto"))
-    if source not in SOURCES:
-        raise UsageError(f"--score {source!r} for drop: expected one of {', '.join(SOURCES)}")
-    dep = _dependence(net, ctx, explicit=source == "dependence")
+def ranking(net: Network, source: str, dep: Dependence | None, scores: dict) -> tuple[list[Candidate], str]:
+    """All droppable hidden neurons, lossless ones first, in the order they would be dropped, and the score
+    method used.  ``source`` is the ``--score`` value (``auto`` resolved by the caller's annotations),
+    ``dep`` the ``dependence`` annotation when it describes ``net``, ``scores`` maps ``fisher``/``lap`` to
+    their annotations (or ``None``)."""
     if source == "auto":
         source = "dependence" if dep is not None else next(
-            (s for s in ("fisher", "lap") if ANNOTATION[s] in ctx.annotations), "magnitude")
+            (s for s in ("fisher", "lap") if scores.get(s) is not None), "magnitude")
+    if source == "dependence" and dep is None:
+        raise UsageError("--score dependence needs the 'dependence' analysis before this pass (e.g. -p lre)")
     hidden = range(len(net.layers) - 1)
     cands: list[Candidate] = []
     lossless: set = set()
@@ -156,7 +138,7 @@ def ranking(net: Network, ctx: Context) -> tuple[list[Candidate], str, Dependenc
                     why = f"LRE: removal changes the next layer's input by {d.order_cost_rel[t]:.2g} of its RMS"
                     rest.append(Candidate(d.layer, int(pos), float(keys[t]), False, why))
     else:
-        method, neurons = _neuron_scores(net, ctx, source)
+        method, neurons = neuron_scores(source, scores.get(source), net)
         for k in hidden:
             s = np.asarray(neurons[k], dtype=np.float64)
             norm = s if source == "fisher" else s / max(float(np.mean(s)), np.finfo(float).tiny)
@@ -170,10 +152,10 @@ def ranking(net: Network, ctx: Context) -> tuple[list[Candidate], str, Dependenc
         if left[c.k] > 1:
             ordered.append(c)
             left[c.k] -= 1
-    return ordered, method, dep
+    return ordered, method
 
 
-def drop_neurons(net: Network, ctx: Context, chosen: list[Candidate], dep: Dependence | None = None,
+def drop_neurons(net: Network, calib: CalibrationSet, chosen: list[Candidate], dep: Dependence | None = None,
                  cache: dict | None = None) -> Network:
     """``net`` without the ``chosen`` hidden neurons, each next layer readjusted by least squares."""
     by_layer: dict[int, list[int]] = {}
@@ -194,7 +176,7 @@ def drop_neurons(net: Network, ctx: Context, chosen: list[Candidate], dep: Depen
             if cache is not None and key in cache:
                 mean, cov = cache[key]
             else:
-                mom = activation_moments(cur, ctx, [k])[k]
+                mom = activation_moments(cur, calib, [k])[k]
                 mean, cov = mom.mean, mom.cov
                 if cache is not None:
                     cache[key] = (mean, cov)
@@ -211,21 +193,9 @@ def drop_neurons(net: Network, ctx: Context, chosen: list[Candidate], dep: Depen
     return cur
 
 
-@register("drop", TRANSFORM, "remove whole hidden neurons, the next layer readjusted by least squares (LRE)",
-          paper="LRE-AMC §3.3", exact=False)
-def run(net: Network, ctx: Context) -> Network:
-    hidden = list(range(len(net.layers) - 1))
-    total = sum(net.layers[k].n_out for k in hidden)
-    order, method, dep = ranking(net, ctx)
-    n_lossless = sum(1 for c in order if c.lossless)
-    cache: dict = {}
-
-    def build(level: int) -> Network:
-        return drop_neurons(net, ctx, order[:level], dep, cache) if level else net
-
-    levels = list(range(n_lossless, len(order) + 1))
-    new = apply_with_budget(net, ctx, build, levels, "drop", default=n_lossless,
-                            parse=lambda v: parse_drop(v, total, len(order)))
+def removals(net: Network, new: Network, order: list[Candidate], dep: Dependence | None) -> list[dict]:
+    """Every hidden neuron of ``net`` missing from ``new``, in the original numbering, with the reason."""
+    hidden = range(len(net.layers) - 1)
     kept_ids = {k: set(new.layers[k].neuron_ids) for k in hidden}
     kept = {k: {i for i, nid in enumerate(net.layers[k].neuron_ids) if nid in kept_ids[k]} for k in hidden}
     removed = []
@@ -235,23 +205,4 @@ def run(net: Network, ctx: Context) -> Network:
         if nid not in kept_ids[c.k]:
             why = _why_lossless(layer, dep.layers[c.k], c.pos, dep.samples, kept[c.k]) if c.lossless else c.why
             removed.append({"layer": layer.layer_id, "neuron": int(nid), "why": why, "lossless": c.lossless})
-    n_exact_removed = sum(1 for r in removed if r["lossless"])
-    ctx.entry.update({
-        "score": method,
-        "widths_before": net.widths,
-        "widths_after": new.widths,
-        "removed": removed,
-        "lossless_removed": n_exact_removed,
-        "lossless_available": n_lossless,
-        # every removal was lossless: the output equals the input network's up to float rounding
-        "all_lossless": n_exact_removed == len(removed),
-        "changed": new is not net,
-    })
-    if not removed:
-        hint = "" if dep is not None else " (run 'dependence' first, e.g. -p lre, to find lossless ones)"
-        ctx.entry["message"] = f"no neuron dropped{hint}"
-    else:
-        lossy = len(removed) - n_exact_removed
-        ctx.entry["message"] = (f"dropped {len(removed)} of {total} hidden neurons ({n_exact_removed} lossless, "
-                                f"{lossy} by {method} score): widths {net.widths} -> {new.widths}")
-    return new
+    return removed

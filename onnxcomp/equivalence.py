@@ -11,7 +11,7 @@ reassociation produces), and every integer output (e.g. a class label) is identi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -44,9 +44,12 @@ class VerifyResult:
     rtol: float
     worst_sample: int | None = None
     reason: str = ""
+    formal: dict | None = field(default=None, repr=False)
+    report: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The statistics (``formal`` and ``report``, which hold these, are left out)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("formal", "report")}
 
     def summary(self) -> str:
         top1 = "n/a" if self.top1_agreement is None else f"{100 * self.top1_agreement:.2f}%"

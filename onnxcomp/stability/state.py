@@ -7,18 +7,23 @@ one of the two; only a certificate (a bounds proof, exact, or a MILP optimality 
 of ``epsilons``) proves one.
 Neurons with neither are *undecided* and are always kept.
 
-Each analysis returns ``Findings``; ``merge`` combines them (and the ``sample`` pass's in-domain
-witnesses) in the order the passes ran.  A certificate contradicted by a witness is never used: the
+Each analysis returns ``Findings``; ``merge`` combines them (the ``sample`` pass's in-domain
+witnesses among them) in the order the passes ran.  A certificate contradicted by a witness is never used: the
 neuron is kept and a warning says so (this can only come from float rounding at ``y == 0``).
+
+Two annotations carry this between passes: :class:`Stability` (every ``Findings`` so far, for one network)
+and :class:`DomainBounds` (sound pre-activation bounds over the box and every neuron's margin, computed
+once).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
-from onnxcomp.ir import Network
+from ..ir import Network
 
 ACTIVE, INACTIVE = "active", "inactive"
 
@@ -38,7 +43,7 @@ def epsilons(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
 
     Witnesses use much smaller thresholds (``witness_floor``): only rounding noise of a pre-activation
     that is 0 in exact arithmetic is ignored, so any real activity seen keeps the neuron."""
-    from onnxcomp.bounds import crown_bounds, row_scales
+    from ..bounds import crown_bounds, row_scales
 
     lo = np.asarray(lo, dtype=np.float64).reshape(-1)
     hi = np.asarray(hi, dtype=np.float64).reshape(-1)
@@ -125,21 +130,13 @@ def empty_state(net: Network) -> StabilityState:
     )
 
 
-def merge(net: Network, annotations: dict) -> StabilityState:
-    """Combine the witnesses and certificates of every stability analysis that ran on ``net``."""
+def merge(net: Network, findings: Iterable[Findings]) -> StabilityState:
+    """Combine the witnesses and certificates of every stability analysis that ran on ``net`` (findings
+    computed on another network, by fingerprint, are ignored)."""
     st = empty_state(net)
     fp = net.fingerprint()
-    for name, ann in annotations.items():
-        if hasattr(ann, "seen_active") and callable(getattr(ann, "seen_active")):  # ActivationStats from `sample`
-            if len(ann.layers) != len(net.layers) or any(s.width != l.n_out for s, l in zip(ann.layers, net.layers)):
-                continue
-            for k in range(len(net.layers)):
-                st.seen_active[k] |= ann.seen_active(k)
-                st.seen_inactive[k] |= ann.seen_inactive(k)
-            continue
-        if not isinstance(ann, Findings):
-            continue
-        for part in ann.flatten():
+    for found in findings:
+        for part in found.flatten():
             if not part.fingerprint or part.fingerprint == fp:
                 _absorb(st, part, len(net.layers))
     # A witness beats a certificate: keep the neuron (only float rounding at y == 0 can cause this).
@@ -151,6 +148,60 @@ def merge(net: Network, annotations: dict) -> StabilityState:
         st.proven_inactive[k] &= ~bad_in
         st.proven_active[k] &= ~bad_act
     return st
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Annotation: everything the stability analyses established about one network over the domain, as
+    the ``Findings`` of each (in the order they ran).  Passes extend it functionally."""
+
+    fingerprint: str
+    findings: tuple = ()
+
+    @classmethod
+    def start(cls, net: Network, previous: Stability | None = None, sampled=None) -> Stability:
+        """The stability known so far about ``net``: ``previous`` when it describes ``net``, plus the
+        witnesses of ``sampled`` (``ActivationStats`` of the ``sample`` pass) unless already in it."""
+        fp = net.fingerprint()
+        found = previous.findings if previous is not None and previous.fingerprint == fp else ()
+        witnesses = sampled.witnesses() if sampled is not None else None
+        if witnesses is not None and witnesses.fingerprint in ("", fp) and not any(f is witnesses for f in found):
+            found = found + (witnesses,)
+        return cls(fp, found)
+
+    def extended(self, *more: Findings) -> Stability:
+        return Stability(self.fingerprint, self.findings + tuple(more))
+
+    def matches(self, net: Network) -> bool:
+        return self.fingerprint == net.fingerprint()
+
+    def state(self, net: Network) -> StabilityState:
+        return merge(net, self.findings)
+
+    def latest(self, source: str) -> Findings | None:
+        """The most recent top-level findings of analysis ``source`` (e.g. ``"milp"``)."""
+        return next((f for f in reversed(self.findings) if f.source == source), None)
+
+
+@dataclass(frozen=True)
+class DomainBounds:
+    """Annotation: sound pre-activation bounds of every layer over the domain box (1-D arrays per layer)
+    and every neuron's MILP margin (``epsilons``), computed once and reused by the later analyses."""
+
+    lower: tuple
+    upper: tuple
+    eps: tuple
+    method: str
+    fingerprint: str
+
+    def matches(self, net: Network) -> bool:
+        return self.fingerprint == net.fingerprint()
+
+    def tightened(self, lower, upper, method: str) -> DomainBounds:
+        """These bounds intersected with other sound ones (e.g. from LP/MILP bound tightening)."""
+        lo = tuple(np.maximum(a, b) for a, b in zip(self.lower, lower))
+        up = tuple(np.minimum(a, b) for a, b in zip(self.upper, upper))
+        return DomainBounds(lo, up, self.eps, method, self.fingerprint)
 
 
 def _absorb(st: StabilityState, ann: Findings, n_layers: int) -> None:

@@ -1,0 +1,118 @@
+"""Proving the remaining neurons stable (or finding the inputs that show they are not): the strategies and
+the ``auto`` schedule the ``milp`` pass runs.
+
+Methods (``--stability-method``):
+
+* ``isa`` (ISA, Algorithm 1): ONE MILP over the whole network whose objective counts the ReLU states
+  not yet witnessed (indicators ``p``/``q``, formulation (7)-(12)); every solution and every node-LP input
+  is pushed through a float64 forward pass, the states it witnesses leave the objective, and when the
+  solver proves the optimum is 0 the neurons still in P are stably inactive and those in Q stably
+  active.  Big-M constants are the sound bounds of the ``bounds`` pass.
+* ``split``: branch and bound over the input box (as alpha-beta-CROWN and nnenum do): the box is bisected
+  and CROWN bounds are recomputed on the pieces until every open neuron is settled on every piece (a
+  proof) or witnessed.  Strong when the input has few dimensions (ACAS Xu has 5).
+* ``per-neuron``: the baseline of the paper, two MILPs per neuron (max and min of its pre-activation),
+  layer by layer, each layer's new exact bounds tightening the next layer's formulation.
+* ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
+  then ``isa`` on what is left (half the remaining time), then ``split`` goes on from its unfinished
+  pieces with the rest; for larger inputs, ``isa``.
+
+Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
+(``state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
+(``state.epsilons``; ``S_i`` is the magnitude of the terms the pre-activation sums, so eps is
+ten times the solvers' feasibility tolerance on the scale of that row): ``p = 1`` needs ``y >= eps_i``,
+``q = 1`` needs ``y <= -eps_i``.  A MILP solution is trusted only if the float64 forward pass of its
+input confirms the claimed state; an unconfirmed claim never counts and never lets the neuron be removed
+(it is kept, as "ambiguous").  A MILP certificate therefore states "no input of the domain reaches
+``y >= eps_i``" (or ``y <= -eps_i``); a neuron removed on one may reach ``(0, eps_i)`` somewhere, and the
+``fold`` pass reports the resulting worst-case output error bound (``stable.epsilon_error_bound``).
+Bounds proofs are exact (epsilon 0); so are split proofs where every piece's bound shows the sign.  A
+piece whose bound is only within the margin (``0 < upper < eps_i``: the pre-activation is 0 in exact
+arithmetic on part of the box, as in models/external/tll's min/max banks), or whose neuron a piece MILP
+settled, gives the MILP kind of certificate; such neurons are reported as ``split-epsilon`` with the
+largest slack used.  Time limits and solver failures leave neurons undecided, and undecided neurons
+are kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .common import ProofSetup
+from .isa import isa
+from .per_neuron import per_neuron
+from .split import split
+from .state import Findings, StabilityState, merge
+
+METHODS = ("auto", "isa", "split", "per-neuron")
+"""Values of ``--stability-method``."""
+SPLIT_MAX_DIMS = 8
+"""``auto`` splits the input box when it has at most this many dimensions."""
+SPLIT_FIRST_SECONDS = 30.0
+
+
+def open_count(setup: ProofSetup, state: StabilityState) -> int:
+    """Neuron states still neither witnessed nor proven."""
+    net = setup.net
+    return sum(int((state.need_active_witness(k) | state.need_inactive_witness(k)).sum())
+               for k in range(setup.n_layers) if net.layers[k].is_relu)
+
+
+def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tuple[Findings, dict]:
+    """Run ``method`` on the neurons ``known`` leaves open, within ``time_limit`` seconds.
+
+    Returns the findings (one ``Findings`` of source ``milp`` holding each strategy's as parts, with the
+    solver facts in ``details``) and the report entry (counts, solver, status, timings, message)."""
+    if method not in METHODS:
+        raise ValueError(f"stability method {method!r}: expected one of {', '.join(METHODS)}")
+    net = setup.net
+    start = time.perf_counter()
+    entry: dict = {"method": method, "time_limit": round(time_limit, 3)}
+    known = list(known)
+    results: list[Findings] = []
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def record(found: Findings) -> StabilityState:
+        results.append(found)
+        known.append(found)
+        return merge(net, known)
+
+    state = merge(net, known)
+    low_dim = setup.lo.size <= SPLIT_MAX_DIMS
+    if method == "split":
+        state = record(split(setup, state, time_limit, entry))
+    elif method == "per-neuron":
+        state = record(per_neuron(setup, state, time_limit, entry))
+    elif method == "isa" or not low_dim:
+        state = record(isa(setup, known, max(time_limit, 0.01), entry))
+    else:
+        # auto on a low-dimensional input: a short split (often all it takes), then ISA on what is left
+        # with half the remaining time, then the split goes on (from its unfinished pieces) with the rest.
+        first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry)
+        state = record(first_split)
+        if open_count(setup, state):
+            state = record(isa(setup, known, max((time_limit - elapsed()) / 2, 0.01), entry))
+        if open_count(setup, state) and time_limit - elapsed() > 0.5:
+            first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
+            state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume))
+            for k, v in first.items():
+                entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
+    counts = state.counts(net)
+    entry.update(counts)
+    entry["seconds_total"] = round(elapsed(), 3)
+    how = []
+    if "split_boxes" in entry:
+        how.append(f"split: {entry['split_boxes']} pieces, {entry['split_leaf_milps']} piece MILPs, "
+                   + ("complete" if entry["split_complete"] else "time limit"))
+    if entry.get("solver"):
+        how.append(f"{entry['solver']}: {entry.get('status')}")
+    elif entry.get("status"):
+        how.append(str(entry["status"]))
+    entry["message"] = (f"{counts['stably_inactive']} stably inactive, {counts['stably_active']} stably active, "
+                        f"{counts['unstable']} unstable, {counts['undecided']} undecided"
+                        + (f" ({'; '.join(how)})" if how else ""))
+    details = {k: entry[k] for k in ("solver", "status", "milp_seconds") if entry.get(k) is not None}
+    combined = Findings(source="milp", fingerprint=net.fingerprint(), parts=results, details=details)
+    return combined, entry

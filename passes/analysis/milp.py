@@ -1,0 +1,45 @@
+"""``milp`` · proves the remaining neurons stable (ISA, input splitting, per-neuron MILPs) or witnesses them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxcomp.milp import SOLVERS
+from onnxcomp.options import option
+from onnxcomp.pipeline import ANALYSIS, DOMAIN, PassResult, register
+from onnxcomp.sampling import ActivationStats
+from onnxcomp.stability import DomainBounds, Stability
+from onnxcomp.stability.common import ProofSetup
+from onnxcomp.stability.schedule import METHODS, prove
+
+
+@dataclass(frozen=True)
+class MilpOptions:
+    stability_method: str = option("auto", "how the remaining neurons are proven: auto, isa (one MILP), split (input "
+                                   "branch and bound) or per-neuron (the baseline)", choices=METHODS)
+    solver: str = option("auto", "MILP solver: auto (Gurobi if its licence admits the model, else SCIP), scip or "
+                         "gurobi", choices=SOLVERS)
+    threads: int | None = option(None, "solver threads (Gurobi; SCIP runs single-threaded)", min=1)
+    split_batch: int = option(128, "input split: pieces bounded together in one batch", min=1)
+    split_leaf_binaries: int = option(24, "input split: a piece with at most this many unstable neurons gets a MILP",
+                                      min=0)
+    split_leaf_seconds: float = option(10.0, "input split: seconds for one piece's MILP", gt=0.0)
+    split_min_width: float = option(1 / 64, "input split: a piece narrower than this share of the box in every "
+                                    "input gets a MILP", gt=0.0, max=1.0)
+
+
+@register("milp", kind=ANALYSIS, options=MilpOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
+          uses=(ActivationStats,), provides=(Stability,),
+          summary="prove the remaining neurons stable with one MILP (ISA; or input splitting / per-neuron MILPs)",
+          paper="ISA Algorithm 1, formulation (7)-(12)")
+def run(net, ctx, opts: MilpOptions) -> PassResult:
+    bounds = ctx.get(DomainBounds)
+    stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
+    setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
+                       solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
+                       split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
+                       split_min_width=opts.split_min_width)
+    found, entry = prove(setup, list(stability.findings), opts.stability_method, max(ctx.deadline.remaining(), 0.01))
+    for message in setup.warnings:
+        ctx.warn(message)
+    return PassResult((stability.extended(found),), entry=entry)

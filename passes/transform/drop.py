@@ -1,0 +1,68 @@
+"""``drop`` · Dense_k(n) -> Dense_k(n − m): whole hidden neurons removed, the next layer readjusted by least squares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxcomp.budget import choose
+from onnxcomp.dependence import Dependence
+from onnxcomp.errors import UsageError
+from onnxcomp.dropping import SOURCES, drop_neurons, parse_drop, ranking, removals
+from onnxcomp.options import option
+from onnxcomp.pipeline import LOSSY, PassResult, register
+from onnxcomp.scores import FisherScores, LookaheadScores
+
+SCORES = {"dependence": Dependence, "fisher": FisherScores, "lap": LookaheadScores}
+
+
+@dataclass(frozen=True)
+class DropOptions:
+    drop: float | None = option(None, "fraction (0 < f < 1) or count of hidden neurons to remove", min=0.0)
+    score: str = option("auto", "weight score: magnitude, lap or fisher (drop also: dependence, auto); default: the "
+                        "scoring analysis that ran", choices=SOURCES)
+
+
+def _requires(opts: DropOptions) -> tuple:
+    return (SCORES[opts.score],) if opts.score in SCORES else ()
+
+
+@register("drop", kind=LOSSY, options=DropOptions, requires=_requires, uses=(Dependence, FisherScores, LookaheadScores),
+          summary="remove whole hidden neurons, the next layer readjusted by least squares (LRE)",
+          paper="LRE-AMC §3.3")
+def run(net, ctx, opts: DropOptions) -> PassResult:
+    dep = ctx.get(Dependence)
+    if dep is not None and not dep.matches(net):
+        message = "the 'dependence' analysis was computed on a network a later transform changed"
+        if opts.score == "dependence":
+            raise UsageError(message + "; run it right before 'drop'")
+        ctx.warn(message + "; drop ignores it")
+        dep = None
+    order, method = ranking(net, opts.score, dep, {"fisher": ctx.get(FisherScores), "lap": ctx.get(LookaheadScores)})
+    hidden = range(len(net.layers) - 1)
+    total = sum(net.layers[k].n_out for k in hidden)
+    n_lossless = sum(1 for c in order if c.lossless)
+    calib, cache = ctx.calibration(), {}
+
+    def build(level: int):
+        return drop_neurons(net, calib, order[:level], dep, cache) if level else net
+
+    explicit = None if opts.drop is None else parse_drop(opts.drop, total, len(order))
+    choice = choose(build, list(range(n_lossless, len(order) + 1)), "drop", explicit=explicit, default=n_lossless,
+                    budget=ctx.budget, probe=ctx.fidelity_probe() if ctx.budget_active else None, labels=ctx.labels,
+                    seed=ctx.seed)
+    for message in choice.warnings:
+        ctx.warn(message)
+    new = choice.network
+    removed = removals(net, new, order, dep)
+    n_exact = sum(1 for r in removed if r["lossless"])
+    entry = dict(choice.entry, score=method, widths_before=net.widths, widths_after=new.widths, removed=removed,
+                 lossless_removed=n_exact, lossless_available=n_lossless,
+                 # every removal was lossless: the output equals the input network's up to float rounding
+                 all_lossless=n_exact == len(removed), changed=new is not net)
+    if not removed:
+        hint = "" if dep is not None else " (run 'dependence' first, e.g. -p lre, to find lossless ones)"
+        entry["message"] = f"no neuron dropped{hint}"
+    else:
+        entry["message"] = (f"dropped {len(removed)} of {total} hidden neurons ({n_exact} lossless, "
+                            f"{len(removed) - n_exact} by {method} score): widths {net.widths} -> {new.widths}")
+    return PassResult(network=new, entry=entry)

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .constfold import fold_constants
 from .errors import InputError
 from .ir import LINEAR, RELU, Dense, Network
 from .onnxio import SUPPORTED_FLOAT, constant_values, elem_type_name, load_model, real_inputs, value_shape
@@ -210,77 +211,6 @@ class _Walk:
         self.shape, self.layout = tuple(new_shape), new_layout
 
 
-# Ops whose value is computed here when all their inputs are constants: a weight written as
-# ``Transpose(W)`` or ``Cast(W)`` by exporters that do not fold constants, the decoders of compact weight
-# storage (onnxcomp's own bitmask/delta/packed-code files, see ``storage.py``: BitShift, CumSum,
-# ScatterElements, ConstantOfShape, ReduceSum) and ``DequantizeLinear`` of int8 weights written by
-# quantizers.  Deliberately only deterministic ops whose output size is known from their inputs before
-# they run, so a small file cannot make the reader allocate a huge tensor (``_fold_size``).
-_FOLDABLE = frozenset({
-    "Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Neg", "Abs", "Sqrt",
-    "Reciprocal", "Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather", "BitShift", "CumSum",
-    "ScatterElements", "ConstantOfShape", "Expand", "ReduceSum", "DequantizeLinear",
-})
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "BitShift"})
-_FOLD_MAX_ELEMENTS = 1 << 24
-# The ONNX reference runtime implements DequantizeLinear from opset 19 on; version 19 computes what
-# versions 10 and 13 compute for their (int8/uint8/int32) inputs, so older nodes are evaluated as 19.
-_REFERENCE_OPSET = {"DequantizeLinear": 19}
-
-
-def _fold_size(op: str, arrays: list, attrs: dict) -> int | None:
-    """Number of elements ``op`` produces from ``arrays`` (an upper bound), or None if unknown."""
-    try:
-        if op in _ELEMENTWISE:
-            return int(prod(np.broadcast_shapes(*(a.shape for a in arrays))))
-        if op == "Concat":
-            return sum(a.size for a in arrays)
-        if op == "Gather":
-            data, indices = arrays[0], arrays[1]
-            axis = int(attrs.get("axis", 0))
-            if data.ndim == 0 or not -data.ndim <= axis < data.ndim or data.shape[axis] == 0:
-                return None
-            return data.size // data.shape[axis] * indices.size
-        if op == "ConstantOfShape":
-            dims = [int(d) for d in arrays[0].reshape(-1)]
-            return int(prod(dims)) if all(d >= 0 for d in dims) else None
-        if op == "Expand":
-            dims = tuple(int(d) for d in arrays[1].reshape(-1))
-            return int(prod(np.broadcast_shapes(arrays[0].shape, dims))) if all(d >= 0 for d in dims) else None
-    except (ValueError, TypeError, IndexError):
-        return None
-    # Every other foldable op returns at most as many elements as its largest input.
-    return max((a.size for a in arrays), default=0)
-
-
-def _fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
-    """The outputs of ``node`` evaluated on the constant ``args`` (ONNX reference semantics), or None."""
-    if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
-        return None
-    arrays = [np.asarray(a) for a in args]
-    size = _fold_size(node.op_type, arrays, _attrs(node))
-    if size is None or size > _FOLD_MAX_ELEMENTS:
-        return None
-    if node.op_type == "CumSum" and len(arrays) > 1 and arrays[1].size == 1:
-        arrays[1] = arrays[1].reshape(())  # onnxruntime accepts a 1-element axis; the spec says 0-d
-    from onnx.reference import ReferenceEvaluator
-
-    names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
-    feeds = {n: a for n, a in zip([n for n in names if n], arrays)}
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
-              for n, a in feeds.items()]
-    outs = [f"out{i}" for i in range(len(node.output))]
-    one = onnx.helper.make_node(node.op_type, names, outs, domain=node.domain)
-    one.attribute.extend(node.attribute)
-    graph = onnx.helper.make_graph([one], "fold", inputs, [onnx.helper.make_empty_tensor_value_info(o) for o in outs])
-    opset = max(opset, _REFERENCE_OPSET.get(node.op_type, 0))
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    try:
-        return list(ReferenceEvaluator(model).run(None, feeds))
-    except Exception:  # an op the reference runtime cannot evaluate on these values: not a constant then
-        return None
-
-
 class _Lowerer:
     def __init__(self, model: onnx.ModelProto, source: str):
         self.model = model
@@ -288,15 +218,7 @@ class _Lowerer:
         self.graph = model.graph
         self.consts = constant_values(model)
         self.nodes = list(self.graph.node)
-        self.folded: set[int] = set()
-        opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [13])
-        for i, node in enumerate(self.nodes):
-            if node.op_type == "Constant" or not node.input or not all(n in self.consts for n in node.input if n):
-                continue
-            values = _fold_constant(node, [self.consts[n] for n in node.input if n], opset)
-            if values is not None and len(values) == len(node.output):
-                self.folded.add(i)
-                self.consts.update({name: v for name, v in zip(node.output, values) if name})
+        self.folded = fold_constants(model, self.consts)
         self.consumers: dict[str, list[int]] = {}
         for i, node in enumerate(self.nodes):
             for name in node.input:
@@ -363,146 +285,22 @@ class _Lowerer:
 
     def apply(self, st: _Walk, node: onnx.NodeProto, data: str) -> str:
         """Absorb ``node`` (whose data input is ``data``) into the walk; return its output name."""
-        op = node.op_type
-        a = _attrs(node)
         ins = list(node.input)
         if node.domain not in ("", "ai.onnx"):
             raise _Stop(f"op from domain '{node.domain}'")
         if ins.count(data) != 1:
             raise _Stop("uses the chain tensor twice")
         others = [n for n in ins if n and n != data]
-        if any(self.const(n) is None for n in others if op not in ("Dropout",)):
+        if any(self.const(n) is None for n in others if node.op_type not in ("Dropout",)):
             raise _Stop("an operand is not a constant")
         extra_outputs = [o for o in node.output[1:] if o]
         if any(o in self.graph_outputs or self.consumers.get(o) for o in extra_outputs):
             raise _Stop("a secondary output is used")
-        src = node.name or node.output[0]
-
-        if op == "Identity":
-            pass
-        elif op == "Cast":
-            if a.get("to") != self.elem_type:
-                raise _Stop("Cast to another type")
-        elif op == "Dropout":
-            if ins[0] != data:
-                raise _Stop("the chain tensor is not Dropout's data input")
-            if len(ins) > 2 and ins[2]:
-                mode = self.const(ins[2])
-                if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
-                    raise _Stop("Dropout in training mode")
-        elif op == "Relu":
-            st.relu(src)
-        elif op in ("Add", "Sub", "Mul", "Div"):
-            c = self.const(others[0]).astype(np.float64)
-            pc = st.per_feature(c)
-            first = ins[0] == data
-            if op == "Add":
-                st.affine(np.ones_like(pc), pc)
-            elif op == "Sub":
-                st.affine(np.ones_like(pc), -pc) if first else st.affine(-np.ones_like(pc), pc)
-            elif op == "Mul":
-                st.affine(pc, np.zeros_like(pc))
-            else:
-                if not first:
-                    raise _Stop("division by the chain tensor is not affine")
-                if np.any(pc == 0):
-                    raise _Stop("division by a zero constant")
-                st.affine(1.0 / pc, np.zeros_like(pc))
-        elif op == "BatchNormalization":
-            if ins[0] != data or a.get("training_mode", 0):
-                raise _Stop("BatchNormalization not in inference form")
-            if st.layout != ROWS:
-                raise _Stop("BatchNormalization on a non batch-first tensor")
-            scale, bias, mean, var = (self.const(n).astype(np.float64) for n in ins[1:5])
-            eps = float(a.get("epsilon", 1e-5))
-            s = scale / np.sqrt(var + eps)
-            st.affine(st.per_feature(s, channel_axis=1), st.per_feature(bias - mean * s, channel_axis=1))
-        elif op == "Gemm":
-            self._gemm(st, node, a, data, src)
-        elif op == "MatMul":
-            self._matmul(st, ins, data, src)
-        elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
-            self._reshape(st, node, a, data)
-        elif op == "Transpose":
-            self._transpose(st, a)
-        else:
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
             raise _Stop("op not supported in the chain")
+        handler(self, st, _Call(node, _attrs(node), ins, data, others, node.name or node.output[0]))
         return node.output[0]
-
-    def _gemm(self, st: _Walk, node, a: dict, data: str, src: str) -> None:
-        ins = list(node.input)
-        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-        ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
-        if len(ins) > 2 and ins[2] == data:
-            raise _Stop("the chain tensor is Gemm's bias C")
-        if st.layout == VECTOR or len(st.shape) != 2:
-            raise _Stop("Gemm needs a 2-D tensor")
-        if ins[0] == data:  # Y = data' @ B'  with data' = [N, in]
-            if (st.layout, ta) not in ((ROWS, 0), (COLS, 1)):
-                raise _Stop("Gemm contracts the batch axis")
-            w = self.const(ins[1]).astype(np.float64)
-            w = w.T if tb else w  # [in, out]
-            mat, out_layout = alpha * w.T, ROWS
-        else:  # Y = A' @ data'  with data' = [in, N]
-            if (st.layout, tb) not in ((COLS, 0), (ROWS, 1)):
-                raise _Stop("Gemm contracts the batch axis")
-            w = self.const(ins[0]).astype(np.float64)
-            mat, out_layout = alpha * (w.T if ta else w), COLS
-        if mat.ndim != 2 or mat.shape[1] != st.width:
-            raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
-        bias = np.zeros(mat.shape[0])
-        if len(ins) > 2 and ins[2]:
-            c = self.const(ins[2]).astype(np.float64) * beta
-            probe = _Walk((None, mat.shape[0]) if out_layout == ROWS else (mat.shape[0], None), out_layout, 0)
-            bias = probe.per_feature(c)
-        st.linear(mat, bias, out_layout, src)
-
-    def _matmul(self, st: _Walk, ins: list, data: str, src: str) -> None:
-        if len(st.shape) > 2:
-            raise _Stop("MatMul on a tensor of rank > 2")
-        if ins[0] == data:  # data @ W
-            w = self.const(ins[1]).astype(np.float64)
-            if st.layout == COLS or w.ndim != 2:
-                raise _Stop("MatMul contracts the batch axis")
-            mat, out_layout = w.T, st.layout
-        else:  # W @ data
-            w = self.const(ins[0]).astype(np.float64)
-            if st.layout == ROWS or w.ndim != 2:
-                raise _Stop("MatMul contracts the batch axis")
-            mat, out_layout = w, st.layout
-        if mat.shape[1] != st.width:
-            raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
-        st.linear(mat, np.zeros(mat.shape[0]), out_layout, src)
-
-    def _reshape(self, st: _Walk, node, a: dict, data: str) -> None:
-        op = node.op_type
-        shape = list(st.shape)
-        feats = st.width
-        if op == "Flatten":
-            axis = int(a.get("axis", 1))
-            axis = axis + len(shape) if axis < 0 else axis
-            if st.layout != ROWS or axis != 1:
-                raise _Stop("Flatten that does not keep the batch axis")
-            st.relayout((shape[0], feats), ROWS)
-            return
-        if op == "Reshape":
-            target = self.const(node.input[1])
-            if target is None:
-                raise _Stop("Reshape with a computed shape")
-            target = [int(v) for v in np.asarray(target).reshape(-1)]
-            allowzero = int(a.get("allowzero", 0))
-            target = [shape[i] if (v == 0 and not allowzero and i < len(shape)) else v for i, v in enumerate(target)]
-        else:
-            axes = a.get("axes")
-            if axes is None and len(node.input) > 1 and node.input[1]:
-                axes = self.const(node.input[1])
-                if axes is None:
-                    raise _Stop(f"{op} with computed axes")
-            inferred = self.shapes().get(node.output[0])
-            if inferred is None:
-                raise _Stop(f"{op} output shape unknown")
-            target = [d if isinstance(d, int) else -1 for d in inferred]
-        self._apply_target_shape(st, target, feats)
 
     def _apply_target_shape(self, st: _Walk, target: list, feats: int) -> None:
         """Decide the layout after a reshape to ``target`` (ints, -1 for one free dim, or symbols)."""
@@ -541,20 +339,6 @@ class _Lowerer:
             rest = feats // max(prod(tail_known), 1)
             tail = [rest if (d == -1 or not isinstance(d, int)) else d for d in tail]
         st.relayout((batch,) + tuple(tail), ROWS)
-
-    def _transpose(self, st: _Walk, a: dict) -> None:
-        rank = len(st.shape)
-        perm = list(a.get("perm", list(range(rank))[::-1]))
-        if st.layout == VECTOR:
-            return
-        if rank == 2 and perm == [1, 0]:
-            st.relayout((st.shape[1], st.shape[0]), COLS if st.layout == ROWS else ROWS)
-            return
-        if st.layout != ROWS or perm[0] != 0:
-            raise _Stop("Transpose that moves the batch axis")
-        fshape = st.feature_shape
-        order = np.arange(st.width).reshape(fshape).transpose([p - 1 for p in perm[1:]]).reshape(-1)
-        st.relayout((st.shape[0],) + tuple(fshape[p - 1] for p in perm[1:]), ROWS, order)
 
     # ---- choosing the chain ------------------------------------------------------------------
     def candidates(self):
@@ -612,6 +396,198 @@ def _copy_walk(w: _Walk) -> _Walk:
     c.layers = list(w.layers)
     c.nodes = list(w.nodes)
     return c
+
+
+# ---- op handlers: one per op pattern, each absorbing one node into the walk -------------------------------------
+@dataclass(frozen=True)
+class _Call:
+    """One node as a handler sees it: attributes, inputs, which input is the chain tensor (``data``), the
+    other (constant) operands, and the name layers made from it are labelled with (``src``)."""
+
+    node: onnx.NodeProto
+    attrs: dict
+    ins: list
+    data: str
+    others: list
+    src: str
+
+
+HANDLERS: dict = {}
+"""op type -> handler(lowerer, walk, call); the reader's table of what the chain absorbs."""
+
+
+def _handles(*ops: str):
+    def deco(fn):
+        for op in ops:
+            HANDLERS[op] = fn
+        return fn
+    return deco
+
+
+@_handles("Identity")
+def _identity(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Identity(x) -> x."""
+
+
+@_handles("Cast")
+def _cast(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Cast(x) to the chain's own element type -> x (any other Cast ends the chain)."""
+    if c.attrs.get("to") != lw.elem_type:
+        raise _Stop("Cast to another type")
+
+
+@_handles("Dropout")
+def _dropout(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Dropout(x) in inference mode -> x."""
+    if c.ins[0] != c.data:
+        raise _Stop("the chain tensor is not Dropout's data input")
+    if len(c.ins) > 2 and c.ins[2]:
+        mode = lw.const(c.ins[2])
+        if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+            raise _Stop("Dropout in training mode")
+
+
+@_handles("Relu")
+def _relu(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Relu(pending linear layer) -> Dense(relu); Relu(Relu(x)) -> Relu(x)."""
+    st.relu(c.src)
+
+
+@_handles("Add", "Sub", "Mul", "Div")
+def _elementwise(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """x + c, x - c, c - x, x * c, x / c (c constant per feature) -> s * x + t, folded into the first
+    layer's columns (input normalisation), the pending layer's rows, or after a Relu the next layer's columns."""
+    op = c.node.op_type
+    pc = st.per_feature(lw.const(c.others[0]).astype(np.float64))
+    first = c.ins[0] == c.data
+    if op == "Add":
+        st.affine(np.ones_like(pc), pc)
+    elif op == "Sub":
+        st.affine(np.ones_like(pc), -pc) if first else st.affine(-np.ones_like(pc), pc)
+    elif op == "Mul":
+        st.affine(pc, np.zeros_like(pc))
+    else:
+        if not first:
+            raise _Stop("division by the chain tensor is not affine")
+        if np.any(pc == 0):
+            raise _Stop("division by a zero constant")
+        st.affine(1.0 / pc, np.zeros_like(pc))
+
+
+@_handles("BatchNormalization")
+def _batch_norm(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """BatchNormalization(x) in inference form -> (scale / sqrt(var + eps)) * x + (bias - mean * scale /
+    sqrt(var + eps)), folded like any elementwise affine map."""
+    if c.ins[0] != c.data or c.attrs.get("training_mode", 0):
+        raise _Stop("BatchNormalization not in inference form")
+    if st.layout != ROWS:
+        raise _Stop("BatchNormalization on a non batch-first tensor")
+    scale, bias, mean, var = (lw.const(n).astype(np.float64) for n in c.ins[1:5])
+    s = scale / np.sqrt(var + float(c.attrs.get("epsilon", 1e-5)))
+    st.affine(st.per_feature(s, channel_axis=1), st.per_feature(bias - mean * s, channel_axis=1))
+
+
+@_handles("Gemm")
+def _gemm(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Gemm(x, B, C) = alpha * x' @ B' + beta * C (any transA/transB, either side) -> Dense(alpha * W, beta * C)."""
+    a, ins, data = c.attrs, c.ins, c.data
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
+    if len(ins) > 2 and ins[2] == data:
+        raise _Stop("the chain tensor is Gemm's bias C")
+    if st.layout == VECTOR or len(st.shape) != 2:
+        raise _Stop("Gemm needs a 2-D tensor")
+    if ins[0] == data:  # Y = data' @ B'  with data' = [N, in]
+        if (st.layout, ta) not in ((ROWS, 0), (COLS, 1)):
+            raise _Stop("Gemm contracts the batch axis")
+        w = lw.const(ins[1]).astype(np.float64)
+        w = w.T if tb else w  # [in, out]
+        mat, out_layout = alpha * w.T, ROWS
+    else:  # Y = A' @ data'  with data' = [in, N]
+        if (st.layout, tb) not in ((COLS, 0), (ROWS, 1)):
+            raise _Stop("Gemm contracts the batch axis")
+        w = lw.const(ins[0]).astype(np.float64)
+        mat, out_layout = alpha * (w.T if ta else w), COLS
+    if mat.ndim != 2 or mat.shape[1] != st.width:
+        raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
+    bias = np.zeros(mat.shape[0])
+    if len(ins) > 2 and ins[2]:
+        const = lw.const(ins[2]).astype(np.float64) * beta
+        probe = _Walk((None, mat.shape[0]) if out_layout == ROWS else (mat.shape[0], None), out_layout, 0)
+        bias = probe.per_feature(const)
+    st.linear(mat, bias, out_layout, c.src)
+
+
+@_handles("MatMul")
+def _matmul(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """MatMul(x, W) or MatMul(W, x) with a constant 2-D W -> Dense(W) (an Add after it becomes its bias)."""
+    if len(st.shape) > 2:
+        raise _Stop("MatMul on a tensor of rank > 2")
+    if c.ins[0] == c.data:  # data @ W
+        w = lw.const(c.ins[1]).astype(np.float64)
+        if st.layout == COLS or w.ndim != 2:
+            raise _Stop("MatMul contracts the batch axis")
+        mat = w.T
+    else:  # W @ data
+        w = lw.const(c.ins[0]).astype(np.float64)
+        if st.layout == ROWS or w.ndim != 2:
+            raise _Stop("MatMul contracts the batch axis")
+        mat = w
+    if mat.shape[1] != st.width:
+        raise _Stop(f"weight shape {list(w.shape)} does not match {st.width} input features")
+    st.linear(mat, np.zeros(mat.shape[0]), st.layout, c.src)
+
+
+@_handles("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def _reshape(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Flatten / Reshape / Squeeze / Unsqueeze that keep the batch axis and only regroup one sample's
+    features -> nothing (a new shape for the same features in the same order)."""
+    op, a = c.node.op_type, c.attrs
+    shape = list(st.shape)
+    feats = st.width
+    if op == "Flatten":
+        axis = int(a.get("axis", 1))
+        axis = axis + len(shape) if axis < 0 else axis
+        if st.layout != ROWS or axis != 1:
+            raise _Stop("Flatten that does not keep the batch axis")
+        st.relayout((shape[0], feats), ROWS)
+        return
+    if op == "Reshape":
+        target = lw.const(c.node.input[1])
+        if target is None:
+            raise _Stop("Reshape with a computed shape")
+        target = [int(v) for v in np.asarray(target).reshape(-1)]
+        allowzero = int(a.get("allowzero", 0))
+        target = [shape[i] if (v == 0 and not allowzero and i < len(shape)) else v for i, v in enumerate(target)]
+    else:
+        axes = a.get("axes")
+        if axes is None and len(c.node.input) > 1 and c.node.input[1]:
+            axes = lw.const(c.node.input[1])
+            if axes is None:
+                raise _Stop(f"{op} with computed axes")
+        inferred = lw.shapes().get(c.node.output[0])
+        if inferred is None:
+            raise _Stop(f"{op} output shape unknown")
+        target = [d if isinstance(d, int) else -1 for d in inferred]
+    lw._apply_target_shape(st, target, feats)
+
+
+@_handles("Transpose")
+def _transpose(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Transpose of [N, F] <-> [F, N] -> a layout change; one that permutes one sample's feature axes
+    (before the first layer) -> the first layer's columns permuted."""
+    rank = len(st.shape)
+    perm = list(c.attrs.get("perm", list(range(rank))[::-1]))
+    if st.layout == VECTOR:
+        return
+    if rank == 2 and perm == [1, 0]:
+        st.relayout((st.shape[1], st.shape[0]), COLS if st.layout == ROWS else ROWS)
+        return
+    if st.layout != ROWS or perm[0] != 0:
+        raise _Stop("Transpose that moves the batch axis")
+    fshape = st.feature_shape
+    order = np.arange(st.width).reshape(fshape).transpose([p - 1 for p in perm[1:]]).reshape(-1)
+    st.relayout((st.shape[0],) + tuple(fshape[p - 1] for p in perm[1:]), ROWS, order)
 
 
 def check_input(model: onnx.ModelProto, source: str = "model") -> onnx.ValueInfoProto:

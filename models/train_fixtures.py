@@ -17,6 +17,13 @@ What it produces (all under ``models/``):
   output ``logits`` ``[batch, 10]``, opset 13, IR version 8).
 * ``digits_mlp_sklearn.onnx`` -- a scikit-learn ``MLPClassifier`` converted
   with skl2onnx (``MatMul``/``Add`` form with a ``Softmax``/``ArgMax`` suffix).
+* ``boxes/mnist_img{row}_eps{eps}.vnnlib`` -- L-inf ε-boxes (VNN-COMP style)
+  around the first test images ``mnist_4x256`` classifies correctly; written
+  whenever that model is built, or alone with ``--boxes``.
+
+``--stability`` (trains nothing) prints, for the scale-benchmark nets, the
+fraction of hidden neurons that never switch state on sampled points of
+[0, 1]^784 and of each ε-box: a diagnostic, not a proof.
 
 Everything is deterministic (fixed seeds, deterministic torch algorithms,
 single thread), so re-running the script reproduces the same files.  Every
@@ -165,6 +172,7 @@ class ModelSpec:
     lr: float = 1e-3
     batch_size: int = 64
     glorot: bool = False
+    cosine: bool = False  # anneal the lr to 0 over the epochs (cosine), so training converges
 
 
 # Epoch counts chosen on the calib split (constant lr 1e-3).  Digits keeps
@@ -173,6 +181,13 @@ class ModelSpec:
 # plain 2x100 saturates around 0.92-0.93.
 DIGITS_EPOCHS = 150
 MNIST_EPOCHS = 60
+# The scale-benchmark nets (4x256, 6x256 like VNN-COMP's mnistfc, 8x200 like
+# ERAN's 9x200, 2x800 with ℓ1 like the ISA paper's) reach 100 % train accuracy
+# within 20-40 epochs; they are trained on to SCALE_EPOCHS with a cosine
+# schedule (lr -> 0), so that training has converged: calib accuracy is flat
+# over the last 15-30 epochs.  With a constant lr the 8x200 net kept jumping
+# between 0.91 and 0.94 calib accuracy (Adam spikes once the loss is ~0).
+SCALE_EPOCHS = 60
 
 SPECS: list[ModelSpec] = [
     ModelSpec("digits_2x32_l1", "digits", (32, 32), 2e-4, DIGITS_EPOCHS),
@@ -186,6 +201,12 @@ SPECS: list[ModelSpec] = [
     ModelSpec("mnist_3x100_l1", "mnist", (100, 100, 100), 2e-4, MNIST_EPOCHS),
     # The LAP paper's FCN (4x500, Glorot init, Adam 1.2e-3, batch 60), on the 3500-image MNIST subset.
     ModelSpec("mnist_4x500", "mnist", (500, 500, 500, 500), 0.0, 40, lr=1.2e-3, batch_size=60, glorot=True),
+    # Scale-benchmark nets: deeper/wider, converged, with ε-boxes in boxes/ (see BOX_*).
+    ModelSpec("mnist_4x256", "mnist", (256,) * 4, 0.0, SCALE_EPOCHS, cosine=True),
+    ModelSpec("mnist_6x256", "mnist", (256,) * 6, 0.0, SCALE_EPOCHS, cosine=True),
+    ModelSpec("mnist_8x200", "mnist", (200,) * 8, 0.0, SCALE_EPOCHS, cosine=True),
+    # The ISA paper's setting: 2x800 with λ = 4e-4 (most neurons stable over all of [0, 1]^784).
+    ModelSpec("mnist_2x800_l1", "mnist", (800, 800), 4e-4, SCALE_EPOCHS, cosine=True),
     ModelSpec("digits_mlp_sklearn", "digits", (32, 32), source="sklearn"),
 ]
 
@@ -259,6 +280,7 @@ def train_mlp(
             torch.nn.init.zeros_(layer.bias)
     lr, batch_size = spec.lr, spec.batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs) if spec.cosine else None
     x = torch.from_numpy(train.x)
     y = torch.from_numpy(train.y)
     generator = torch.Generator().manual_seed(seed)
@@ -275,6 +297,8 @@ def train_mlp(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
     model.eval()
     return model
 
@@ -448,6 +472,158 @@ SOURCE_LABELS = {
 
 
 # --------------------------------------------------------------------------
+# ε-boxes (VNN-LIB) and the sampled-stability diagnostic
+# --------------------------------------------------------------------------
+
+BOXES_DIR = MODELS_DIR / "boxes"
+BOX_MODEL = "mnist_4x256"  # the rows are the first test images this model classifies correctly
+BOX_IMAGES = 3
+BOX_EPSILONS = (0.015, 0.03, 0.05)
+# The nets whose sampled stability `--stability` reports by default.
+SCALE_MODELS = ("mnist_4x256", "mnist_6x256", "mnist_8x200", "mnist_2x800_l1")
+STABILITY_SAMPLES = 20_000
+STABILITY_CORNERS = 2_048
+
+
+@dataclasses.dataclass
+class EpsBox:
+    """An L∞ ball of radius ``eps`` around test row ``row`` (label ``label``), clipped to [0, 1]."""
+
+    row: int
+    label: int
+    eps: float
+    lo: np.ndarray  # float64 [F]
+    hi: np.ndarray
+
+    @property
+    def path(self) -> Path:
+        return BOXES_DIR / f"mnist_img{self.row}_eps{self.eps:g}.vnnlib"
+
+
+def eps_boxes(test: Split, model_path: Path) -> list[EpsBox]:
+    """The boxes for the first ``BOX_IMAGES`` test rows that ``model_path`` classifies correctly."""
+    pred = ort_outputs(model_path, test.x)["logits"].argmax(axis=1)
+    rows = np.flatnonzero(pred == test.y)[:BOX_IMAGES]
+    boxes = []
+    for row in rows:
+        x = test.x[row].astype(np.float64)  # the float32 pixel, exactly
+        for eps in BOX_EPSILONS:
+            boxes.append(
+                EpsBox(int(row), int(test.y[row]), eps, np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0))
+            )
+    return boxes
+
+
+def vnnlib_text(box: EpsBox, num_classes: int = NUM_CLASSES) -> str:
+    """The box as VNN-LIB, in the style of VNN-COMP's mnistfc properties.
+
+    Input bounds ``(<= X_i hi)`` / ``(>= X_i lo)`` (shortest round-trip
+    decimals of the float64 bounds); the output part is, as in VNN-COMP, the
+    *negation* of robustness (a counter-example is a point where some other
+    logit is >= the true class's), so "unsat" means the label is kept.
+    """
+    n = box.lo.size
+    lines = [
+        f"; MNIST test row {box.row} of models/data/mnist_test.npz (label {box.label}), "
+        f"L-inf eps {box.eps:g} clipped to [0, 1].",
+        "; Written by models/train_fixtures.py; unsat = the true class stays the top logit.",
+        "",
+    ]
+    lines += [f"(declare-const X_{i} Real)" for i in range(n)]
+    lines.append("")
+    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
+    lines += ["", "; Input constraints:"]
+    for i in range(n):
+        lines.append(f"(assert (<= X_{i} {float(box.hi[i])!r}))")
+        lines.append(f"(assert (>= X_{i} {float(box.lo[i])!r}))")
+    lines += ["", "; Output constraints:", "(assert (or"]
+    lines += [f"    (and (>= Y_{j} Y_{box.label}))" for j in range(num_classes) if j != box.label]
+    lines += ["))", ""]
+    return "\n".join(lines)
+
+
+def write_boxes(ds: Dataset) -> list[EpsBox]:
+    """Write ``boxes/mnist_img{row}_eps{eps}.vnnlib`` and check each parses back exactly."""
+    from onnxcomp.domain import parse_domain
+
+    BOXES_DIR.mkdir(parents=True, exist_ok=True)
+    boxes = eps_boxes(ds.test, MODELS_DIR / f"{BOX_MODEL}.onnx")
+    for box in boxes:
+        box.path.write_text(vnnlib_text(box))
+        parsed = parse_domain(str(box.path), ds.num_features)
+        if not (np.array_equal(parsed.lo, box.lo) and np.array_equal(parsed.hi, box.hi)):
+            raise AssertionError(f"{box.path}: onnxcomp.domain.parse_domain reads a different box")
+    return boxes
+
+
+def gemm_chain(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(W [out, in], b [out])`` float64 per layer of a fixture written by :func:`mlp_to_onnx`."""
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    layers = []
+    for k in range(1, len(inits) // 2 + 1):
+        layers.append((inits[f"fc{k}.weight"].astype(np.float64), inits[f"fc{k}.bias"].astype(np.float64)))
+    return layers
+
+
+def sampled_stability(
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    samples: int = STABILITY_SAMPLES,
+    corners: int = STABILITY_CORNERS,
+    seed: int = SEED,
+    chunk: int = 2048,
+) -> tuple[int, int, int]:
+    """Hidden neurons that never change state on sampled points of the box [lo, hi].
+
+    The points are ``samples`` uniform draws, ``corners`` random vertices and
+    the centre.  Returns ``(stably_active, stably_inactive, hidden_total)``
+    (pre-activation always > 0, resp. always <= 0).  A diagnostic only:
+    sampling can miss a switch, so these are *candidate* stable neurons, an
+    upper bound on what a proof can certify.
+    """
+    rng = np.random.default_rng(seed)
+    hidden = layers[:-1]
+    seen_pos = [np.zeros(w.shape[0], bool) for w, _ in hidden]
+    seen_neg = [np.zeros(w.shape[0], bool) for w, _ in hidden]
+    done = 0
+    total = samples + corners + 1
+    while done < total:
+        n = min(chunk, total - done)
+        idx = np.arange(done, done + n)
+        u = rng.random((n, lo.size))
+        is_corner = (idx >= samples) & (idx < samples + corners)
+        u[is_corner] = np.round(u[is_corner])  # a random vertex
+        u[idx == total - 1] = 0.5  # the centre
+        h = lo + u * (hi - lo)
+        for k, (w, b) in enumerate(hidden):
+            z = h @ w.T + b
+            seen_pos[k] |= (z > 0).any(axis=0)
+            seen_neg[k] |= (z <= 0).any(axis=0)
+            h = np.maximum(z, 0.0)
+        done += n
+    active = sum(int((p & ~q).sum()) for p, q in zip(seen_pos, seen_neg))
+    inactive = sum(int((q & ~p).sum()) for p, q in zip(seen_pos, seen_neg))
+    return active, inactive, sum(p.size for p in seen_pos)
+
+
+def stability_table(names: list[str], boxes: list[EpsBox], num_features: int) -> str:
+    """Markdown table: per model, the sampled stable fraction on [0,1]^F and on each ε-box."""
+    header = "| model | [0,1]^784 | " + " | ".join(f"img{b.row} ε={b.eps:g}" for b in boxes) + " |"
+    lines = [header, "|---" * (2 + len(boxes)) + "|"]
+    full = (np.zeros(num_features), np.ones(num_features))
+    for name in names:
+        layers = gemm_chain(MODELS_DIR / f"{name}.onnx")
+        cells = []
+        for lo, hi in [full, *((b.lo, b.hi) for b in boxes)]:
+            active, inactive, total = sampled_stability(layers, lo, hi)
+            cells.append(f"{(active + inactive) / total:.3f} ({active}+/{inactive}-)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------
 
@@ -475,7 +651,35 @@ def results_table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
+    parser.add_argument(
+        "--boxes",
+        action="store_true",
+        help=f"only (re)write boxes/*.vnnlib from the existing {BOX_MODEL}.onnx "
+        f"(done anyway whenever {BOX_MODEL} is built)",
+    )
+    parser.add_argument(
+        "--stability",
+        nargs="*",
+        metavar="NAME",
+        help="only print the sampled stable-neuron fractions of these existing models "
+        f"(default: {', '.join(SCALE_MODELS)}) on [0,1]^784 and on each ε-box; trains nothing",
+    )
     args = parser.parse_args(argv)
+
+    if args.boxes or args.stability is not None:
+        if args.only:
+            parser.error("--boxes / --stability do not train: drop --only")
+        t_start = time.perf_counter()
+        mnist = load_dataset("mnist")
+        boxes = write_boxes(mnist) if args.boxes else eps_boxes(mnist.test, MODELS_DIR / f"{BOX_MODEL}.onnx")
+        if args.boxes:
+            for box in boxes:
+                print(f"wrote {box.path.relative_to(MODELS_DIR.parent)}")
+        if args.stability is not None:
+            names = args.stability or list(SCALE_MODELS)
+            print(stability_table(names, boxes, mnist.num_features))
+        print(f"\ntotal time: {time.perf_counter() - t_start:.1f}s")
+        return
 
     specs = SPECS
     if args.only:
@@ -502,6 +706,9 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {result.path.relative_to(MODELS_DIR.parent)}: acc={result.test_accuracy:.4f} "
             f"max|ort-ref|={result.max_logit_diff:.2e} ({time.perf_counter() - t0:.1f}s)"
         )
+        if spec.name == BOX_MODEL:
+            for box in write_boxes(datasets[spec.dataset]):
+                print(f"wrote {box.path.relative_to(MODELS_DIR.parent)}")
 
     print()
     print(results_table(results))

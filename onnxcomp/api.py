@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__
+from . import __version__, certificate
 from .data import check_data, check_labels, labels_from_data_file, load_data, load_labels
 from .domain import check_box, parse_domain
 from .equivalence import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
@@ -304,6 +304,9 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     }
     if report.stable is not None:
         meta["stable"] = json.dumps(report.stable.get("totals", {}), separators=(",", ":"))
+    if "certificate" in ctx.sections and exact:
+        # the claims the fold rests on, for `verify --formal` to check without trusting this run
+        meta[certificate.META_KEY] = certificate.encode(ctx.sections["certificate"])
     candidate = to_model(new_net, metadata=meta)
     cand_bytes = candidate.SerializeToString()
     # Exact runs must match the original.  Lossy runs must match the transformed IR written with plain

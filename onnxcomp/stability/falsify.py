@@ -47,9 +47,10 @@ def preactivation_gradients(net: Network, x: np.ndarray, layer: int, neurons: np
 
 
 def pgd_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, layer: int, neurons: np.ndarray, direction: np.ndarray,
-                  rng: np.random.Generator, steps: int = 40, restarts: int = 2) -> np.ndarray:
+                  rng: np.random.Generator, steps: int = 40, restarts: int = 2,
+                  deadline: Deadline | None = None) -> np.ndarray:
     """Projected sign-gradient ascent of ``direction * y`` for each target neuron; returns the best
-    point found per target (rows aligned with ``neurons``)."""
+    point found per target (rows aligned with ``neurons``), early when ``deadline`` passes."""
     width = hi - lo
     best_x = np.repeat(((lo + hi) / 2)[None, :], len(neurons), axis=0)
     best_v = np.full(len(neurons), -np.inf)
@@ -57,6 +58,8 @@ def pgd_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, layer: int, neur
         x = best_x.copy() if r == 0 else rng.uniform(lo, hi, size=(len(neurons), lo.size))
         step = 0.25
         for _ in range(steps):
+            if deadline is not None and deadline.expired():
+                break
             v, g = preactivation_gradients(net, x, layer, neurons)
             v = v * direction
             better = v > best_v
@@ -108,7 +111,8 @@ def search(net: Network, box: Box, state: StabilityState, eps: list, rng: np.ran
             if deadline.expired():
                 stopped = True
                 break
-            pts = pgd_witnesses(net, box.lo, box.hi, k, neurons[s:s + 512], direction[s:s + 512], rng, steps=pgd_steps)
+            pts = pgd_witnesses(net, box.lo, box.hi, k, neurons[s:s + 512], direction[s:s + 512], rng, steps=pgd_steps,
+                                deadline=deadline)
             _observe(net, pts, seen_a, seen_i, n_layers, floor)
     findings = Findings(source="falsify", seen_active=seen_a, seen_inactive=seen_i, fingerprint=net.fingerprint())
     remaining = open_count()

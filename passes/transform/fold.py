@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onnxcomp import certificate
 from onnxcomp.leo import fold
 from onnxcomp.pipeline import EXACT, PassResult, register
 from onnxcomp.sampling import ActivationStats
@@ -32,4 +33,5 @@ def run(net, ctx, opts) -> PassResult:
              "widths_before": net.widths, "widths_after": new.widths,
              "epsilon_error_bound": report["epsilon_error_bound"],
              "message": f"widths {net.widths} -> {new.widths}, {len(report['removed'])} neurons removed"}
-    return PassResult(network=new, entry=entry, sections={"stable": report})
+    return PassResult(network=new, entry=entry,
+                      sections={"stable": report, "certificate": certificate.issue(net, st)})

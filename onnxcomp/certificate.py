@@ -1,0 +1,105 @@
+"""Proof-carrying compression: the stability claims an exact output rests on, written into the file.
+
+``fold`` (LEO++) removes or merges neurons because they are stably inactive or stably active over the
+domain.  The certificate lists exactly those claims, per hidden layer of the network the fold started
+from: every neuron claimed stably inactive or active, the kind of proof that established it (``bounds``,
+``bounds-epsilon``, ``split``, ``split-epsilon``, ``milp``) and the margin epsilon it holds up to, plus the
+fingerprint of that network.  The output file carries it in its metadata (``onnxcomp.certificate``,
+compact JSON), beside the domain (``onnxcomp.domain``).
+
+``verify --formal`` uses it (:mod:`onnxcomp.replay`) to check the candidate independently of the run that
+wrote it: the LEO++ rewrite of the reference under the claims must give the candidate's weights, and
+every claim is proven again by a different method.  A reviewer then trusts the file without trusting
+the run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import InputError
+from .ir import Network
+from .stability.state import StabilityState, empty_state
+
+VERSION = 1
+META_KEY = "certificate"
+STATES = ("inactive", "active")
+
+
+def issue(net: Network, st: StabilityState) -> dict:
+    """The claims ``st`` makes about ``net``'s hidden ReLU neurons (original numbering)."""
+    layers = []
+    for k, layer in enumerate(net.layers[:-1]):
+        if not layer.is_relu:
+            continue
+        masks = {"inactive": st.proven_inactive[k], "active": st.proven_active[k] & ~st.proven_inactive[k]}
+        entry: dict = {"layer": int(layer.layer_id), "width": int(layer.n_out)}
+        for state, mask in masks.items():
+            by_proof: dict = {}
+            for i in np.flatnonzero(mask):
+                by_proof.setdefault(str(st.proof[k][i]), []).append(int(layer.neuron_ids[i]))
+            entry[state] = by_proof
+        eps = {str(layer.neuron_ids[i]): float(st.epsilon[k][i])
+               for i in np.flatnonzero((masks["inactive"] | masks["active"]) & (st.epsilon[k] > 0))}
+        if eps:
+            entry["epsilon"] = eps
+        layers.append(entry)
+    return {"version": VERSION, "network": net.fingerprint(), "layers": layers}
+
+
+def encode(cert: dict) -> str:
+    return json.dumps(cert, separators=(",", ":"), sort_keys=True)
+
+
+def decode(text: str, source: str = "certificate") -> dict:
+    """The certificate in a file's metadata, refused (``InputError``) when malformed."""
+    try:
+        cert = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: not valid JSON ({exc.msg})") from None
+    if not isinstance(cert, dict) or cert.get("version") != VERSION or not isinstance(cert.get("layers"), list):
+        raise InputError(f"{source}: not an onnxcomp certificate of version {VERSION}")
+    return cert
+
+
+def claimed_state(net: Network, cert: dict, source: str = "certificate") -> StabilityState:
+    """The ``StabilityState`` the claims of ``cert`` describe on ``net`` (no witnesses, proofs as claimed).
+
+    Refuses (``InputError``) claims about layers or neurons ``net`` does not have, a neuron claimed twice,
+    or claims about a layer that is not a hidden ReLU layer."""
+    st = empty_state(net)
+    by_id = {layer.layer_id: k for k, layer in enumerate(net.layers[:-1]) if layer.is_relu}
+    for entry in cert["layers"]:
+        try:
+            k = by_id[int(entry["layer"])]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{source}: claims about layer {entry.get('layer')!r}, not a hidden ReLU layer of the "
+                             f"reference") from None
+        layer = net.layers[k]
+        position = {nid: i for i, nid in enumerate(layer.neuron_ids)}
+        if int(entry.get("width", -1)) != layer.n_out:
+            raise InputError(f"{source}: layer {layer.layer_id} has {layer.n_out} neurons in the reference, the "
+                             f"certificate says {entry.get('width')}")
+        claimed = np.zeros(layer.n_out, bool)
+        for state in STATES:
+            for proof, ids in (entry.get(state) or {}).items():
+                for nid in ids:
+                    i = position.get(int(nid))
+                    if i is None:
+                        raise InputError(f"{source}: layer {layer.layer_id} has no neuron {nid}")
+                    if claimed[i]:
+                        raise InputError(f"{source}: layer {layer.layer_id} neuron {nid} is claimed twice")
+                    claimed[i] = True
+                    (st.proven_inactive if state == "inactive" else st.proven_active)[k][i] = True
+                    st.proof[k][i] = str(proof)
+        for nid, eps in (entry.get("epsilon") or {}).items():
+            i = position.get(int(nid))
+            if i is None or not claimed[i]:
+                raise InputError(f"{source}: layer {layer.layer_id}: an epsilon for neuron {nid}, which has no claim")
+            value = float(eps)
+            if not np.isfinite(value) or value < 0:
+                raise InputError(f"{source}: layer {layer.layer_id} neuron {nid}: epsilon {eps!r} is not a number >= 0")
+            st.epsilon[k][i] = value
+    return st

@@ -285,6 +285,10 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     report.model["before"] = model_summary(net, original_bytes)
     try:
         new_net = PassManager().run(net, names, ctx)
+    except BudgetNotMet as exc:  # raised inside a lossy pass: the report says what ran and what was tried
+        report.passes, report.warnings = ctx.log, list(ctx.warnings)
+        exc.report = report.to_dict()
+        raise
     finally:
         ctx.close()
     ran = [e["name"] for e in ctx.log]

@@ -137,9 +137,14 @@ def choose(build: Callable[[object], Network], levels: Sequence, what: str, *, e
     def meets(i: int, halves=("validation",)) -> bool:
         return all(not violations(i, h) for h in halves)
 
+    def refuse(half: str) -> BudgetNotMet:
+        err = BudgetNotMet(f"even the weakest setting {flag} {levels[0]} breaks the budget on the {half} half "
+                           f"({'; '.join(violations(0, half.replace('-', '_')))}); nothing written")
+        err.entry = {"budget": {"flags": budget.flags(), "resolution": info, "search": trials}}
+        return err
+
     if not meets(0):
-        raise BudgetNotMet(f"even the weakest setting {flag} {levels[0]} breaks the budget on the validation half "
-                           f"({'; '.join(violations(0, 'validation'))}); nothing written")
+        raise refuse("validation")
     lo = _strongest(meets, 0, len(levels) - 1)
     chosen = lo
     backed_off = False
@@ -147,8 +152,7 @@ def choose(build: Callable[[object], Network], levels: Sequence, what: str, *, e
         backed_off = True
         both = ("validation", "held_out")
         if not meets(0, both):
-            raise BudgetNotMet(f"even the weakest setting {flag} {levels[0]} breaks the budget on the held-out half "
-                               f"({'; '.join(violations(0, 'held_out'))}); nothing written")
+            raise refuse("held-out")
         chosen = _strongest(lambda i: meets(i, both), 0, lo - 1)
     val_metrics = results[(chosen, "validation")][1]
     held_metrics = results[(chosen, "held_out")][1]

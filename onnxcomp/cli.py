@@ -306,14 +306,14 @@ def _verify(reference, candidate, report, format, debug, **options) -> None:
     def text():
         f = result.formal
         if f:
-            out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}")
-        out.print(result.summary())
+            out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}", markup=False)
+        out.print(result.summary(), markup=False)
         if not result.passed:
-            from .formats import min_tolerances
+            from .formats import checks
 
-            tol = min_tolerances(result.to_dict())
-            out.print(f"would pass with --atol {tol['atol']:.3g} (at --rtol {result.rtol:g}) or --rtol {tol['rtol']:.3g} "
-                      f"(at --atol {result.atol:g})")
+            for check in checks(result.report):
+                if not check["passed"]:
+                    out.print(f"  {check['name']}: {check['detail']}", markup=False)
 
     _emit(result.report, fmt, report, text)
     if not result.passed:
@@ -415,17 +415,18 @@ def list_passes(name: str | None) -> None:
 def precommit(files: tuple, config: str, debug: bool) -> None:
     """Verify changed ONNX FILES against the references the config names (a pre-commit hook)."""
     from . import api
-    from .precommit import checks_for, load_config
+    from .precommit import checks_for, load_config, unchecked
 
-    checks = checks_for(load_config(config), list(files))
+    cfg = load_config(config)
+    checks = checks_for(cfg, list(files))
     failed = 0
     for check in checks:
-        result = api.verify(check.reference, check.candidate, **check.options)
+        result = api.verify(check.reference, check.candidate, **check.verify_options())
         word = "PASSED" if result.passed else "FAILED"
         out.print(f"{check.candidate} vs {check.reference}: {word}: {result.summary()}", markup=False)
         failed += not result.passed
-    if not checks:
-        out.print("no changed model is named in " + config, markup=False)
+    for path in unchecked(cfg, list(files)):
+        err.print(f"onnxcomp: warning: {path} changed but no check in {config} names it", markup=False)
     if failed:
         raise SystemExit(1)
 

@@ -431,6 +431,10 @@ class PassManager:
         try:
             result = spec.fn(net, ctx, opts)
         except OnnxcompError as exc:
+            # the report still says how far the pass got (e.g. a budget search's trials)
+            ctx.log.append({"name": spec.name, "kind": "transform" if spec.is_transform else "analysis",
+                            **getattr(exc, "entry", {}), "error": str(exc),
+                            "seconds": round(time.perf_counter() - start, 4)})
             err = type(exc)(f"pass '{spec.name}': {exc}") if not isinstance(exc, OptionError) else exc
             raise err from exc
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from math import prod
@@ -39,6 +40,9 @@ def _quiet_options() -> ort.SessionOptions:
     # away from what its graph says, and no equivalence check against it could pass.  Level 1 keeps
     # the activations in float32, as the ONNX semantics of the graph do.
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    if os.environ.get("ONNXCOMP_WORKER") == "1":  # a worker process of onnxcomp.workers: one core each
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
     return so
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from onnxcomp.fidelity import class_scores, cross_entropy, measure_latency  # noqa: E402
 from onnxcomp.ir import Network  # noqa: E402
-from onnxcomp.pipeline import Context, PassManager  # noqa: E402
+from onnxcomp.pipeline import Context, PassManager, spec_of  # noqa: E402
 from onnxcomp.reader import read  # noqa: E402
 from onnxcomp.storage import candidate_formats, encode_weight  # noqa: E402
 from onnxcomp.writer import _Names, to_model  # noqa: E402
@@ -55,10 +55,10 @@ PRUNE_METHODS = {
     "LAP": (["lookahead"], {"lap_variant": "full"}),
     "LFP": (["lookahead"], {"lap_variant": "forward"}),
     "LBP": (["lookahead"], {"lap_variant": "backward"}),
-    "LAP-forward": (["lookahead"], {"lap_order": "forward"}),
-    "LAP-backward": (["lookahead"], {"lap_order": "backward"}),
-    "LAP-forward-seq": (["lookahead"], {"lap_order": "forward-seq"}),
-    "LAP-backward-seq": (["lookahead"], {"lap_order": "backward-seq"}),
+    "LAP-forward": (["lookahead"], {"lap_variant": "lap-forward"}),
+    "LAP-backward": (["lookahead"], {"lap_variant": "lap-backward"}),
+    "LAP-forward-seq": (["lookahead"], {"lap_variant": "lap-forward-seq"}),
+    "LAP-backward-seq": (["lookahead"], {"lap_variant": "lap-backward-seq"}),
     "fisher-unsup": (["fisher"], {"fisher_objective": "unsupervised"}),
     "fisher-unsup T=8": (["fisher"], {"fisher_objective": "unsupervised", "fisher_temperature": 8.0}),
     "fisher-grad+hess": (["fisher"], {"fisher_objective": "gradient+hessian"}),
@@ -92,13 +92,13 @@ class Evaluator:
 def annotated_context(net: Network, analyses: list, calib, options: dict, device: str) -> Context:
     """A context whose annotations hold the analyses run on the calib split (computed once per method)."""
     ctx = Context(data=calib["x"], labels=calib["y"], options=dict(options), device=device)
-    if analyses:
-        PassManager().run(net, analyses, ctx)
+    for name in analyses:  # each analysis alone ('fisher' given to PassManager.run is the composite fisher,prune)
+        PassManager().run_one(spec_of(name), net, ctx)
     return ctx
 
 
 def transform(net: Network, name: str, base: Context, **options) -> tuple[Network, dict]:
-    ctx = Context(data=base.data, labels=base.labels, options=dict(base.options, **options),
+    ctx = Context(data=base.data, labels=base.labels, options=dict(base.options.flat, **options),
                   annotations=dict(base.annotations), device=base.device)
     out = PassManager().run(net, [name], ctx)
     return out, ctx.log[-1]

@@ -3,8 +3,8 @@
 For every model and batch size the same float32 inputs (uniform points of the model's domain) go through
 
 * ``plain``:  ``onnxcomp.runtime.Runner`` on the original ONNX file, batches of B, outputs discarded;
-* ``sample``: ``passes.analysis.sample.collect`` with those rows as ``ctx.data``, the domain as ``ctx.box``
-  (so the in-domain witness test runs, as in the pipeline) and ``sample.BATCH = B``;
+* ``sample``: ``onnxcomp.sampling.collect`` with those rows as ``data``, the domain as ``box`` (so the
+  in-domain witness test runs, as in the pipeline) and ``sampling.BATCH = B``;
 
 interleaved, ``--repeats`` times each.  Throughput is the batch size over the median per-batch time of all
 batches of all repeats (``collect``'s per-batch times come from its progress hook, so its real loop is
@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import OUT, SPECS, print_table, pyplot, write_csv  # noqa: E402
 
-import passes.analysis.sample as sample_mod  # noqa: E402
+import onnxcomp.sampling as sample_mod  # noqa: E402
 from onnxcomp.ir import Box, Network  # noqa: E402
-from onnxcomp.pipeline import Context, Progress  # noqa: E402
+from onnxcomp.pipeline import Progress  # noqa: E402
 from onnxcomp.runtime import Runner  # noqa: E402
-from passes.analysis.sample import _Accumulator, _rows_in_box, collect, instrumented_runner  # noqa: E402
-from passes.analysis.stability_state import epsilons, witness_floor  # noqa: E402
+from onnxcomp.sampling import _Accumulator, _rows_in_box, collect, instrumented_runner  # noqa: E402
+from onnxcomp.stability.state import epsilons, witness_floor  # noqa: E402
 
 MODELS = [("digits_2x100", "0:1"), ("mnist_2x200_l1", "0:1"), ("mnist_3x100_l1", "0:1"),
           ("mnistfc_256x2", "0:1"), ("acasxu_1_1", "prop_1")]
@@ -78,7 +78,7 @@ def time_sample(net: Network, box: Box, x: np.ndarray, batch: int, device: str) 
     clock = Clock()
     t0 = time.perf_counter()
     sample_mod.BATCH = batch
-    collect(net, Context(box=box, data=x, device=device, progress=clock), use_box_samples=False)
+    collect(net, box, x, device=device, progress=clock, use_box_samples=False)
     return time.perf_counter() - t0, clock.batch_seconds
 
 

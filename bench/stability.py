@@ -1,8 +1,8 @@
 """Stability benchmark (issue 3): our stability pipeline against the paper's baselines, neuron by neuron.
 
 Every method runs through ``PassManager`` on the same network and domain (uniform samples and corners of
-the box, seed 0), and its verdicts are read from the merged state
-(``passes.analysis.stability_state.merge(net, ctx.annotations)``), so all methods are compared the same way:
+the box, seed 0), and its verdicts are read from the merged state (``Stability.state(net)`` of the run's
+``onnxcomp.stability.Stability`` annotation), so all methods are compared the same way:
 
 =============  ==============================  ================================================
 method         passes                          options
@@ -56,7 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, SPECS, print_table, pyplot, write_csv  # noqa: E402
 
 from onnxcomp.pipeline import Context, PassManager  # noqa: E402
-from passes.analysis.stability import SPLIT_MAX_DIMS  # noqa: E402
+from onnxcomp.sampling import ActivationStats  # noqa: E402
+from onnxcomp.stability import DomainBounds, Stability  # noqa: E402
+from onnxcomp.stability.by_bounds import domain_bounds  # noqa: E402
+from onnxcomp.stability.schedule import SPLIT_MAX_DIMS  # noqa: E402
+from onnxcomp.timing import Deadline  # noqa: E402
 
 OURS = ["sample", "bounds", "falsify", "milp"]
 BASE = ["sample", "milp"]
@@ -99,18 +103,27 @@ def verdicts(state, net) -> list[str]:
 
 
 def run_one(model: str, domain: str, method: str, solver: str, time_limit: float) -> dict:
-    """Run one method on one model/domain in this process; the record the parent stores."""
-    from passes.analysis.stability_state import merge
+    """Run one method on one model/domain in this process; the record the parent stores.
 
+    The passes before ``milp`` run without a time limit, ``milp`` within ``time_limit`` seconds (the MILP
+    time limit).  The baselines run no ``bounds`` pass: ``milp`` gets only the domain's bounds (by
+    ``bounds_method``) as its big-M constants, and no certificate from them."""
     spec = SPECS[model]
     _, net = spec.load()
     box = spec.box(domain, net)
     passes, options = METHODS[method]
-    ctx = Context(box=box, seed=0, device="cpu", options=dict(options, solver=solver, time_limit=time_limit))
+    options = dict(options, solver=solver)
+    bounds_method = options.pop("bounds_method", "crown") if "bounds" not in passes else None
+    ctx = Context(box=box, seed=0, device="cpu", options=options)
     start = time.perf_counter()
-    PassManager().run(net, passes, ctx)
+    PassManager().run(net, passes[:-1], ctx)
+    if bounds_method is not None:
+        ctx.annotations[DomainBounds] = domain_bounds(net, box, bounds_method)
+        ctx.annotations[Stability] = Stability(net.fingerprint())
+    ctx.deadline = Deadline(time_limit)
+    PassManager().run(net, passes[-1:], ctx)
     seconds = time.perf_counter() - start
-    state = merge(net, ctx.annotations)
+    state = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats)).state(net)
     counts = state.counts(net)
     milp = next((e for e in ctx.log if e["name"] == "milp"), {})
     hidden = [k for k, layer in enumerate(net.layers[:-1]) if layer.is_relu]

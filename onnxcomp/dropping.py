@@ -65,10 +65,10 @@ def parse_drop(value, total: int, cap: int) -> int:
     except (TypeError, ValueError):
         raise UsageError(f"--drop {value!r}: expected a fraction 0 < f < 1 or a count of neurons") from None
     if not np.isfinite(x) or x < 0 or (x >= 1 and x != int(x)):
-        raise UsageError(f"--drop {value}: expected a fraction 0 < f < 1 or a whole count of neurons")
+        raise UsageError(f"--drop {x:g}: expected a fraction 0 < f < 1 or a whole count of neurons")
     count = int(round(x * total)) if x < 1 else int(x)
     if count > cap:
-        raise UsageError(f"--drop {value}: at most {cap} of the {total} hidden neurons can go (each layer keeps one)")
+        raise UsageError(f"--drop {x:g}: at most {cap} of the {total} hidden neurons can go (each layer keeps one)")
     return count
 
 

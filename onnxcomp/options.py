@@ -93,8 +93,10 @@ class OptionSpec:
         return converted
 
     def _fail(self, value: Any) -> OptionError:
-        return OptionError(self.name, f"expected {self.expectation()}", repr(value) if isinstance(value, str) else
-                           str(value))
+        # a string value of a text option is quoted (--solver 'cplex'); a number or a number written as
+        # text on the command line is shown as given (--sparsity 1.5)
+        shown = repr(value) if isinstance(value, str) and (self.type is str or not _numeric(value)) else str(value)
+        return OptionError(self.name, f"expected {self.expectation()}", shown)
 
     def _convert(self, value: Any) -> Any:
         t = self.type
@@ -136,6 +138,14 @@ class OptionSpec:
         if math.isnan(f):
             raise self._fail(value)
         return f
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None, gt: float | None = None,

@@ -411,6 +411,7 @@ class PassManager:
 
     def run(self, net: Network, names: Sequence[str], ctx: Context) -> Network:
         load_passes()
+        ctx.options.check_names()
         names = plan(expand(list(names)), ctx)
         for name in names:  # every need checked before any pass spends time
             check_needs(REGISTRY[name], net, ctx)

@@ -15,7 +15,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
-from passes.analysis.bounds import crown_bounds, interval_bounds, prove
+from onnxcomp.bounds import crown_bounds, interval_bounds, prove
+from onnxcomp.stability import Stability
 from builders import random_network
 from functools import partial
 
@@ -97,7 +98,7 @@ def test_tiny_positive_maximum_lost_to_float_rounding_is_not_proven_inactive():
             assert not prove(net, bounds)[0][k][0]
     ctx = Context(box=Box(lo[0], hi[0]))
     PassManager().run(second, ["bounds"], ctx)
-    assert not ctx.annotations["bounds"].proven_inactive[1][0]
+    assert not ctx.get(Stability).latest("bounds").proven_inactive[1][0]
 
 
 def test_tiny_negative_minimum_lost_to_float_rounding_is_not_proven_active():
@@ -140,7 +141,7 @@ def test_pass_proves_stable_neurons_and_not_unstable_ones(method):
     net = three_neuron_net()
     ctx = Context(box=Box(np.zeros(2), np.ones(2)), options={"bounds_method": method})
     PassManager().run(net, ["bounds"], ctx)
-    found = ctx.annotations["bounds"]
+    found = ctx.get(Stability).latest("bounds")
     assert found.source == "bounds" and found.fingerprint == net.fingerprint()
     assert found.proven_inactive[0].tolist() == [True, False, False, False]
     # neuron 3's minimum is exactly 0 (y >= 0 holds, so either answer is sound); the others are settled
@@ -157,7 +158,7 @@ def test_pass_on_a_box_where_everything_is_unstable_proves_nothing():
     net = three_neuron_net()
     ctx = Context(box=Box(-np.ones(2), np.ones(2)))
     PassManager().run(net, ["bounds"], ctx)
-    found = ctx.annotations["bounds"]
+    found = ctx.get(Stability).latest("bounds")
     assert not any(a.any() for a in found.proven_inactive) and not any(a.any() for a in found.proven_active)
     assert ctx.log[-1]["proven_inactive"] == 0 and ctx.log[-1]["proven_active"] == 0
 

@@ -5,6 +5,7 @@ the ``--report`` JSON keys, one-line errors without tracebacks, nothing written 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,18 @@ def test_verify_failure_exits_1(compiled, tmp_path):
     model = onnx.load(compiled[3])
     last_bias = [t.name for t in model.graph.initializer if t.name.endswith(".bias")][-1]
     onnx.save(perturb_initializer(model, last_bias, (0,), 0.5), bad)
-    code, stdout, stderr = onnxcomp("verify", DIGITS, bad, "--samples", "1000")
+    report = tmp_path / "v.json"
+    code, stdout, stderr = onnxcomp("verify", DIGITS, bad, "--samples", "1000", "--report", report)
     assert code == 1
     assert stdout.startswith("FAILED") and "max abs err" in stdout
+    # after FAILED: the smallest tolerances that would pass (each with the other one as given)
+    lines = stdout.strip().splitlines()
+    v = json.loads(report.read_text())["verification"]
+    hint = re.search(r"; would pass with atol >= (\S+) \(rtol (\S+)\) or rtol >= (\S+) \(atol (\S+)\)$", lines[1])
+    assert lines[0].startswith("FAILED") and hint, lines
+    assert float(hint[2]) == v["rtol"] and float(hint[4]) == v["atol"]
+    assert float(hint[1]) == pytest.approx(v["max_abs_err"] - v["rtol"] * v["output_scale"], rel=5e-3)
+    assert float(hint[3]) == pytest.approx((v["max_abs_err"] - v["atol"]) / v["output_scale"], rel=5e-3)
 
 
 def test_verify_without_any_domain_is_a_usage_error():

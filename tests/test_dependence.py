@@ -10,7 +10,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir import Box, Dense
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
-from passes.analysis.dependence import Moments, affine_predictor
+from onnxcomp.calibration import Moments
+from onnxcomp.dependence import Dependence, affine_predictor
 from builders import random_network
 from functools import partial
 
@@ -29,9 +30,9 @@ def insert_neuron(net, k, row, bias):
 
 
 def analyse(net, x, box=None, **options):
-    ctx = Context(data=x, box=box, options=dict({"samples": 500, "corners": 64}, **options))
+    ctx = Context(data=x, box=box, samples=500, corners=64, options=options)
     PassManager().run(net, ["dependence"], ctx)
-    return ctx.annotations["dependence"], ctx
+    return ctx.get(Dependence), ctx
 
 
 def test_duplicates_zero_and_constant_neurons_are_flagged_and_nothing_else():
@@ -77,7 +78,7 @@ def test_independent_neurons_of_a_fixture_are_not_all_flagged_and_the_net_is_unt
 
 def test_needs_samples():
     net = random_net(np.random.default_rng(0), 3, [4], 2)
-    with pytest.raises(UsageError, match="needs --data"):
+    with pytest.raises(UsageError, match="^pass 'dependence' runs the model on inputs: give --domain or --data$"):
         PassManager().run(net, ["dependence"], Context())
 
 
@@ -98,10 +99,10 @@ def test_property_inserted_duplicate_is_found_and_dropping_it_changes_nothing(se
     assume(not any(((p > 0).all(0) | (p <= 0).all(0)).any() for p in pres[:-1]))
     ctx = Context(data=x)
     small = PassManager().run(dup, ["dependence", "drop"], ctx)
-    d = ctx.annotations["dependence"].layers[k]
+    d = ctx.get(Dependence).layers[k]
     new = widths[k]
     assert d.exact[new] and d.exact[m]
-    flagged = {(j, i) for j, dl in enumerate(ctx.annotations["dependence"].layers) for i in np.flatnonzero(dl.exact)}
+    flagged = {(j, i) for j, dl in enumerate(ctx.get(Dependence).layers) for i in np.flatnonzero(dl.exact)}
     assert flagged == {(k, m), (k, new)}
     assert d.n_exact == 1 and d.exact_neurons[0] in (m, new)
     assert small.widths == list(widths) and len(ctx.log[-1]["removed"]) == 1

@@ -7,11 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxcomp.api import RunOptions, compile_model
+from onnxcomp.api import compress
+from onnxcomp.dependence import Dependence
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
+from onnxcomp.scores import FisherScores, LookaheadScores
 from onnxcomp.writer import to_model
 
 DIGITS = "models/digits_2x32_l1.onnx"
@@ -41,8 +43,9 @@ def test_lre_removes_exact_duplicates_losslessly_in_the_written_model(tmp_path):
     onnx.save(to_model(duplicated_net()), src)
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(size=(300, 8)).astype(np.float32))
-    report, result = compile_model(str(src), "lre", str(out), RunOptions(data=str(data), domain="-3:3", samples=2000))
-    entry = report.passes[-1]
+    result = compress(str(src), "lre", data=str(data), domain="-3:3", samples=2000)
+    result.save(out)
+    entry = result.report["passes"][-1]
     assert entry["name"] == "drop" and entry["widths_before"] == [10, 9] and entry["widths_after"] == [8, 8]
     removed = {(r["layer"], r["neuron"]) for r in entry["removed"]}
     assert len(removed) == 3 and all(r["lossless"] for r in entry["removed"]) and entry["all_lossless"]
@@ -117,31 +120,46 @@ def test_score_sources(repo_root, score, analysis):
     x = np.load(repo_root / "models/data/digits_calib.npz")["x"]
     ctx = Context(data=x, options={"drop": 5})
     PassManager().run(net, [analysis, "drop"], ctx)
-    scores = ctx.annotations[analysis].neurons
+    scores = ctx.get({"lookahead": LookaheadScores, "fisher": FisherScores}[analysis]).neurons
     entry = ctx.log[-1]
     assert entry["score"].startswith(score)
     # without 'dependence' the 5 lowest (layer-normalised for lap) neuron scores go
     norm = [s if score == "fisher" else s / s.mean() for s in scores[:2]]
     flat = sorted((float(v), k, i) for k in range(2) for i, v in enumerate(norm[k]))[:5]
     assert {(k, i) for _, k, i in flat} == {(r["layer"], r["neuron"]) for r in entry["removed"]}
-    with pytest.raises(UsageError, match="needs the 'dependence'"):
-        PassManager().run(net, ["drop"], Context(data=x, options={"drop": 5, "score": "dependence"}))
+    # --score dependence inserts the 'dependence' analysis before drop (its provider), with the same result
+    # as naming it
+    ctx = Context(data=x, options={"drop": 5, "score": "dependence"})
+    PassManager().run(net, ["drop"], ctx)
+    assert [e["name"] for e in ctx.log] == ["dependence", "drop"] and ctx.get(Dependence) is not None
+    named = Context(data=x, options={"drop": 5, "score": "dependence"})
+    PassManager().run(net, ["dependence", "drop"], named)
+    entry = ctx.log[-1]
+    assert entry["score"] == "dependence" and len(entry["removed"]) == 5
+    assert entry["removed"] == named.log[-1]["removed"]
 
 
-@pytest.mark.parametrize("value", [1.5, -1, "abc", 1000, float("nan")])
-def test_bad_drop_settings_are_refused(repo_root, value):
+@pytest.mark.parametrize("value,message", [
+    (1.5, r"--drop 1\.5: expected a fraction 0 < f < 1 or a whole count of neurons"),
+    # refused by the option's declaration (in Python the label is the long name)
+    (-1, r"^drop -1: expected a number >= 0$"),
+    ("abc", r"^drop 'abc': expected a number >= 0$"),
+    (1000, r"--drop 1000(\.0)?: at most 62 of the 64 hidden neurons can go"),
+    (float("nan"), r"^drop nan: expected a number >= 0$"),
+])
+def test_bad_drop_settings_are_refused(repo_root, value, message):
     net = read(repo_root / DIGITS)
     x = np.load(repo_root / "models/data/digits_calib.npz")["x"]
-    with pytest.raises(UsageError, match="--drop"):
+    with pytest.raises(UsageError, match=message):
         PassManager().run(net, ["drop"], Context(data=x, options={"drop": value}))
 
 
 def test_budget_search_keeps_agreement_on_held_out(repo_root, tmp_path):
     out = tmp_path / "lre.onnx"
     data = repo_root / "models/data/digits_calib.npz"
-    opts = RunOptions(data=str(data), samples=0, corners=0, pass_options={"min_agreement": 97.0})
-    report, _ = compile_model(str(repo_root / DIGITS), "lre", str(out), opts)
-    entry = report.passes[-1]
+    result = compress(str(repo_root / DIGITS), "lre", data=str(data), samples=0, corners=0, min_agreement=97.0)
+    result.save(out)
+    entry = result.report["passes"][-1]
     assert entry["budget"]["held_out_meets"]
     assert entry["budget"]["validation"]["top1_agreement"] >= 0.97
     assert entry["drop"] > entry["lossless_available"]  # the budget allowed lossy drops beyond the exact ones

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
-from passes.analysis.falsify import pgd_witnesses, preactivation_gradients
-from passes.analysis.stability_state import merge
+from onnxcomp.stability import DomainBounds, Stability, merge
+from onnxcomp.stability.by_bounds import domain_bounds
+from onnxcomp.stability.falsify import pgd_witnesses, preactivation_gradients
+from onnxcomp.timing import Deadline
 from builders import random_network
 from functools import partial
 
@@ -32,9 +34,13 @@ def l1_ball_net(n: int = 6, centre: float = 0.3, radius: float = 0.05) -> Networ
 
 
 def run_falsify(net: Network, box: Box, **options):
-    ctx = Context(box=box, options=options)
+    """falsify alone, on a state without certificates: it is handed the margins it requires (the domain's
+    bounds) and an empty stability, so the manager inserts no 'bounds' pass before it."""
+    annotations = {DomainBounds: domain_bounds(net, box), Stability: Stability(net.fingerprint())}
+    ctx = Context(box=box, options=options, annotations=annotations)
     PassManager().run(net, ["falsify"], ctx)
-    return ctx.annotations["falsify"], ctx.log[-1]
+    assert [e["name"] for e in ctx.log] == ["falsify"]
+    return ctx.get(Stability).latest("falsify"), ctx.log[-1]
 
 
 def test_gradient_steps_find_a_neuron_active_only_in_a_tiny_region():
@@ -110,11 +116,11 @@ def test_witnesses_never_contradict_exact_certificates_and_nothing_is_proven(see
     box = Box(lo, lo + rng.uniform(0.2, 1.5, n_in))
     found, _ = run_falsify(net, box, falsify_samples=2000)
     assert found.proven_inactive is None and found.proven_active is None
-    ctx = Context(box=box, options={"stability_method": "split", "time_limit": 30})
+    ctx = Context(box=box, deadline=Deadline(30), options={"stability_method": "split"})
     PassManager().run(net, ["bounds", "milp"], ctx)
     assert ctx.log[-1]["split_complete"]
-    st_ = merge(net, ctx.annotations)
-    alone = merge(net, {"falsify": found})
+    st_ = ctx.get(Stability).state(net)
+    alone = merge(net, [found])
     for k in range(len(widths)):
         exact = np.isin(st_.proof[k], ["bounds", "split"])  # not the ones settled only up to the margin
         assert not (exact & st_.proven_inactive[k] & found.seen_active[k]).any()
@@ -130,10 +136,16 @@ def test_nothing_open_means_no_search():
     PassManager().run(net, ["bounds", "falsify"], ctx)
     entry = ctx.log[-1]
     assert entry["open_before"] == 0 and entry["open_after"] == 0
-    found = ctx.annotations["falsify"]
+    found = ctx.get(Stability).latest("falsify")
     assert not found.seen_active[0][1] and not found.seen_inactive[0][0]
 
 
 def test_needs_a_domain():
-    with pytest.raises(UsageError, match="falsify.*domain"):
+    # falsify requires the domain's bounds: their provider ('bounds', inserted first) is the pass refused
+    with pytest.raises(UsageError, match="^pass 'bounds' proves facts over an input domain: give --domain$"):
         PassManager().run(l1_ball_net(), ["falsify"], Context())
+    # given what it requires, falsify itself is refused without a domain
+    net = l1_ball_net()
+    given = {DomainBounds: domain_bounds(net, Box(np.zeros(6), np.ones(6))), Stability: Stability(net.fingerprint())}
+    with pytest.raises(UsageError, match="^pass 'falsify' proves facts over an input domain: give --domain$"):
+        PassManager().run(net, ["falsify"], Context(annotations=given))

@@ -6,12 +6,19 @@ import pytest
 
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Dense, Network
-from onnxcomp.pipeline import Context, PassManager
+from onnxcomp.pipeline import Context, PassManager, spec_of
 from onnxcomp.reader import lower, read
-from passes.analysis.fisher import FisherScores, fisher_scores, softmax
+from onnxcomp.fisher import fisher_scores, softmax
+from onnxcomp.scores import FisherScores
 from tests.builders import GraphBuilder
 
 H = 1e-5
+
+
+def run_fisher(net, ctx):
+    """The fisher analysis alone (the name 'fisher' given to ``PassManager.run`` is the composite: fisher,
+    then prune)."""
+    PassManager().run_one(spec_of("fisher"), net, ctx)
 
 
 def tiny_net(seed=0):
@@ -100,17 +107,17 @@ def test_objective_follows_labels_and_refuses_what_it_cannot_compute(repo_root):
     net = read(repo_root / "models/digits_2x32_l1.onnx")
     d = np.load(repo_root / "models/data/digits_calib.npz")
     ctx = Context(data=d["x"], labels=d["y"])
-    PassManager().run(net, ["fisher"], ctx)
-    assert ctx.annotations["fisher"].method == "fisher-gradient+hessian"
+    run_fisher(net, ctx)
+    assert ctx.get(FisherScores).method == "fisher-gradient+hessian"
     ctx = Context(data=d["x"])
-    PassManager().run(net, ["fisher"], ctx)
-    assert ctx.annotations["fisher"].method == "fisher-unsupervised"
-    with pytest.raises(UsageError, match="needs --data"):
-        PassManager().run(net, ["fisher"], Context())
+    run_fisher(net, ctx)
+    assert ctx.get(FisherScores).method == "fisher-unsupervised"
+    with pytest.raises(UsageError, match="^pass 'fisher' needs calibration samples: give --data$"):
+        run_fisher(net, Context())
     with pytest.raises(UsageError, match="needs --labels"):
-        PassManager().run(net, ["fisher"], Context(data=d["x"], options={"fisher_objective": "gradient"}))
+        run_fisher(net, Context(data=d["x"], options={"fisher_objective": "gradient"}))
     with pytest.raises(UsageError, match="fisher_objective"):
-        PassManager().run(net, ["fisher"], Context(data=d["x"], options={"fisher_objective": "hessian-only"}))
+        run_fisher(net, Context(data=d["x"], options={"fisher_objective": "hessian-only"}))
 
 
 def test_fixture_low_saliency_weights_matter_less_than_high_ones(repo_root):
@@ -121,8 +128,8 @@ def test_fixture_low_saliency_weights_matter_less_than_high_ones(repo_root):
     test = np.load(repo_root / "models/data/digits_test.npz")["x"]
     before = net.fingerprint()
     ctx = Context(data=calib["x"])
-    PassManager().run(net, ["fisher"], ctx)
-    scores = ctx.annotations["fisher"]
+    run_fisher(net, ctx)
+    scores = ctx.get(FisherScores)
     assert isinstance(scores, FisherScores) and net.fingerprint() == before and scores.matches(net)
 
     def kl_after_zeroing(lowest: bool) -> float:
@@ -150,9 +157,9 @@ def test_prefix_model_uses_the_chain_inputs():
     net = lower(g.build(h))
     x = np.random.default_rng(0).normal(size=(20, 4))
     ctx = Context(data=x)
-    PassManager().run(net, ["fisher"], ctx)
+    run_fisher(net, ctx)
     direct = fisher_scores(net, [1.0 / (1.0 + np.exp(-x))], None, "unsupervised")
-    for a, b in zip(ctx.annotations["fisher"].weights, direct.weights):
+    for a, b in zip(ctx.get(FisherScores).weights, direct.weights):
         np.testing.assert_allclose(a, b, rtol=1e-9)
 
 

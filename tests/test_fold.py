@@ -2,21 +2,22 @@
 domain (float64 forward of both IRs and onnxruntime on both written files), and each rewrite fires where it
 applies and not elsewhere: stably inactive neurons, constant and unused neurons, stably active rank
 reduction, whole-layer folding (and its refusal when it would add parameters), constant networks, linear
-hidden layers; neuron identity in the report; no analyses is a usage error, nothing proven removes nothing."""
+hidden layers; neuron identity in the report; without analyses the bounds run first, nothing proven removes nothing."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builders import assert_same, run_ort
-from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
+from onnxcomp.stability import DomainBounds, Stability
+from onnxcomp.stability.by_bounds import domain_bounds
+from onnxcomp.timing import Deadline
 from onnxcomp.writer import to_model
 from builders import random_network
 from functools import partial
@@ -29,8 +30,9 @@ def numbered(layers, n_in: int) -> Network:
     return Network(tuple(replace(l, layer_id=k) for k, l in enumerate(layers)), n_in)
 
 
-def fold(net: Network, box: Box, passes=("bounds", "fold"), **options):
-    ctx = Context(box=box, options=dict({"samples": 2000, "falsify_samples": 2000}, **options))
+def fold(net: Network, box: Box, passes=("bounds", "fold"), annotations=None, time_limit=None, **options):
+    ctx = Context(box=box, samples=2000, deadline=Deadline(time_limit), annotations=dict(annotations or {}),
+                  options=dict({"falsify_samples": 2000}, **options))
     new = PassManager().run(net, list(passes), ctx)
     return new, ctx
 
@@ -44,7 +46,7 @@ def assert_same_on_box(net: Network, new: Network, box: Box, n: int = 10_000, at
 
 
 def removed(ctx) -> list:
-    return [(r["layer"], r["neuron"], r["state"], r["proof"]) for r in ctx.extra["stable"]["removed"]]
+    return [(r["layer"], r["neuron"], r["state"], r["proof"]) for r in ctx.sections["stable"]["removed"]]
 
 
 random_net = partial(random_network, bias_scale=0.5)
@@ -60,7 +62,7 @@ def test_folded_network_equals_the_original_on_the_domain(seed, n_in, widths, sh
     lo = rng.uniform(-1, 1, n_in)
     box = Box(lo, lo + width * rng.uniform(0.2, 1.0, n_in))
     new, ctx = fold(net, box, STABLE, solver="scip", time_limit=20)
-    report = ctx.extra["stable"]
+    report = ctx.sections["stable"]
     assert_same_on_box(net, new, box, atol=report["epsilon_error_bound"])
     assert new.params <= net.params and new.input_size == net.input_size and new.output_size == net.output_size
     # onnxruntime on the written files (float32): equal up to float32 reassociation
@@ -97,7 +99,7 @@ def test_stably_inactive_neuron_loses_its_row_and_its_next_column():
     np.testing.assert_array_equal(new.layers[1].bias, net.layers[1].bias)
     assert new.layers[0].neuron_ids == (0, 2, 3)
     assert removed(ctx) == [(0, 1, "stably_inactive", "bounds")]
-    assert ctx.extra["stable"]["layers"][0]["inactive"] == [1]
+    assert ctx.sections["stable"]["layers"][0]["inactive"] == [1]
     assert_same_on_box(net, new, box)
 
 
@@ -106,7 +108,7 @@ def test_neuron_identity_uses_the_original_numbering():
     new, ctx = fold(net, Box(np.zeros(3), np.ones(3)))
     assert removed(ctx) == [(3, 11, "stably_inactive", "bounds")]
     assert new.layers[0].neuron_ids == (10, 12, 13) and new.layers[0].layer_id == 3
-    layer = ctx.extra["stable"]["layers"][0]
+    layer = ctx.sections["stable"]["layers"][0]
     assert layer["layer"] == 3 and layer["inactive"] == [11] and layer["active"] == []
 
 
@@ -166,7 +168,7 @@ def test_independent_stably_active_neurons_are_not_merged():
     net, box = rank_net(3, 2), Box(np.ones(3), 2 * np.ones(3))
     new, ctx = fold(net, box)
     assert new.widths == [3] and removed(ctx) == []
-    assert ctx.extra["stable"]["layers"][0]["active"] == [0, 1]
+    assert ctx.sections["stable"]["layers"][0]["active"] == [0, 1]
 
 
 # ---- whole layers -----------------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ def test_a_layer_with_every_neuron_stably_active_is_folded_into_the_next():
     net = numbered([Dense(w0, b0), Dense(w1, b1), Dense(rng.normal(size=(2, 5)), np.zeros(2), LINEAR)], 3)
     box = Box(np.ones(3), 2 * np.ones(3))
     new, ctx = fold(net, box)
-    assert ctx.extra["stable"]["folded_layers"] == [{"layer": 0, "into": 1}]
+    assert ctx.sections["stable"]["folded_layers"] == [{"layer": 0, "into": 1}]
     assert len(new.layers) == 2 and new.layers[0].layer_id == 1 and new.layers[0].n_in == 3
     assert {(r[0], r[2]) for r in removed(ctx)} == {(0, "stably_active")} and len(removed(ctx)) == 4
     assert new.params < net.params
@@ -193,7 +195,7 @@ def test_a_bottleneck_is_not_folded_when_that_adds_parameters_its_relu_is_droppe
     net = numbered([Dense(w0, b0), Dense(w1, b1), Dense(rng.normal(size=(3, 100)), np.zeros(3), LINEAR)], 100)
     box = Box(np.ones(100), 2 * np.ones(100))
     new, ctx = fold(net, box)
-    assert ctx.extra["stable"]["folded_layers"] == []
+    assert ctx.sections["stable"]["folded_layers"] == []
     assert new.layers[0].layer_id == 0 and new.layers[0].n_out == 2 and new.layers[0].activation == LINEAR
     assert new.layers[1].layer_id == 1 and new.params <= net.params
     assert_same_on_box(net, new, box, n=3000)
@@ -208,7 +210,7 @@ def test_linear_hidden_layers_are_merged_and_a_linear_bottleneck_is_kept():
                     Dense(rng.normal(size=(1, 4)), np.zeros(1), LINEAR)], 2)
     box = Box(-np.ones(2), np.ones(2))
     new, ctx = fold(net, box)
-    assert ctx.extra["stable"]["folded_layers"] == [{"layer": 0, "into": 1}, {"layer": 1, "into": 2}]
+    assert ctx.sections["stable"]["folded_layers"] == [{"layer": 0, "into": 1}, {"layer": 1, "into": 2}]
     assert [l.layer_id for l in new.layers] == [2, 3] and new.layers[0].n_in == 2
     assert all(r[2] == "linear" for r in removed(ctx) if r[0] in (0, 1))
     assert_same_on_box(net, new, box)
@@ -216,7 +218,7 @@ def test_linear_hidden_layers_are_merged_and_a_linear_bottleneck_is_kept():
     narrow = numbered([Dense(rng.normal(size=(1, 2)), np.zeros(1), LINEAR), Dense(rng.normal(size=(50, 1)), rng.normal(size=50)),
                        Dense(rng.normal(size=(1, 50)), np.zeros(1), LINEAR)], 2)
     new2, ctx2 = fold(narrow, box)
-    assert ctx2.extra["stable"]["folded_layers"] == [] and new2.layers[0].layer_id == 0 and new2.layers[0].n_out == 1
+    assert ctx2.sections["stable"]["folded_layers"] == [] and new2.layers[0].layer_id == 0 and new2.layers[0].n_out == 1
     assert_same_on_box(narrow, new2, box)
 
 
@@ -227,7 +229,7 @@ def test_a_network_constant_on_the_domain_is_emitted_as_a_constant_with_a_warnin
                     Dense(rng.normal(size=(2, 4)), rng.normal(size=2), LINEAR)], 3)
     box = Box(np.zeros(3), np.ones(3))  # every neuron of layer 0 is stably inactive
     new, ctx = fold(net, box)
-    assert ctx.extra["stable"].get("constant") is True
+    assert ctx.sections["stable"].get("constant") is True
     assert any("constant" in w for w in ctx.warnings)
     assert len(new.layers) == 1 and not new.layers[0].weight.any() and new.output_size == 2
     assert_same_on_box(net, new, box)
@@ -237,16 +239,25 @@ def test_a_network_constant_on_the_domain_is_emitted_as_a_constant_with_a_warnin
 
 
 # ---- when it must not act --------------------------------------------------------------------------------
-def test_fold_without_stability_analyses_is_a_usage_error():
-    with pytest.raises(UsageError, match="stable"):
-        PassManager().run(inactive_net(), ["fold"], Context(box=Box(np.zeros(3), np.ones(3))))
+def test_fold_without_stability_analyses_runs_the_bounds_analysis_first():
+    # fold requires the stability annotation: its provider ('bounds') is inserted before it
+    net, box = inactive_net(), Box(np.zeros(3), np.ones(3))
+    ctx = Context(box=box)
+    new = PassManager().run(net, ["fold"], ctx)
+    assert [e["name"] for e in ctx.log] == ["bounds", "fold"]
+    assert removed(ctx) == [(0, 1, "stably_inactive", "bounds")] and new.layers[0].neuron_ids == (0, 2, 3)
+    assert_same_on_box(net, new, box)
 
 
 def test_nothing_proven_removes_nothing():
     net = random_net(11, 3, [6, 5])
     box = Box(-np.ones(3), np.ones(3))
-    new, ctx = fold(net, box, ("falsify", "fold"))  # witnesses only, no certificate
-    assert removed(ctx) == [] and ctx.extra["stable"]["folded_layers"] == []
+    # witnesses only, no certificate: falsify is handed the margins it requires and an empty stability,
+    # so no 'bounds' pass is inserted before it
+    given = {DomainBounds: domain_bounds(net, box), Stability: Stability(net.fingerprint())}
+    new, ctx = fold(net, box, ("falsify", "fold"), annotations=given)
+    assert [e["name"] for e in ctx.log] == ["falsify", "fold"]
+    assert removed(ctx) == [] and ctx.sections["stable"]["folded_layers"] == []
     for a, b in zip(net.layers, new.layers):
         np.testing.assert_array_equal(a.weight, b.weight)
         np.testing.assert_array_equal(a.bias, b.bias)

@@ -10,8 +10,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
-from passes.analysis.lookahead import lookahead_scores, sequential_masks
-from passes.analysis.scores import magnitude_scores
+from onnxcomp.lookahead import lookahead_scores, sequential_masks
+from onnxcomp.scores import LookaheadScores, magnitude_scores
 from builders import random_network
 
 
@@ -138,7 +138,7 @@ def test_pass_on_fixture_leaves_network_unchanged_and_reports(repo_root):
     before = net.fingerprint()
     ctx = Context(options={"lap_variant": "backward"})
     PassManager().run(net, ["lookahead"], ctx)
-    scores = ctx.annotations["lookahead"]
+    scores = ctx.get(LookaheadScores)
     assert net.fingerprint() == before and scores.matches(net)
     assert scores.method == "lap-backward"
     assert [s.shape for s in scores.weights] == [l.weight.shape for l in net.layers]

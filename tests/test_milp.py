@@ -10,14 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxcomp.errors import PassError, UsageError
+from onnxcomp.errors import InternalError, UsageError
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.milp import gurobi, select
 from onnxcomp.milp.formulation import BIN, CONT, ReluMilp, build, solution_from_input, violations
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
-from passes.analysis.bounds import crown_bounds, interval_bounds, prove
-from passes.analysis.stability_state import Findings, epsilons, merge
+from onnxcomp.bounds import crown_bounds, interval_bounds, prove
+from onnxcomp.sampling import ActivationStats
+from onnxcomp.stability import DomainBounds, Findings, Stability, epsilons, merge
+from onnxcomp.stability.by_bounds import domain_bounds
+from onnxcomp.stability.common import ProofSetup
+from onnxcomp.timing import Deadline
 from builders import random_network
 from functools import partial
 
@@ -35,10 +39,14 @@ def small_case(seed: int) -> tuple[Network, Box]:
     return net, Box(lo, lo + rng.uniform(0.1, 1.5, n_in))
 
 
-def analyse(net: Network, box: Box, passes=("milp",), annotations=None, **options):
-    ctx = Context(box=box, options=options, annotations=dict(annotations or {}))
+def analyse(net: Network, box: Box, passes=("milp",), annotations=None, time_limit=None, **options):
+    if annotations is None and "bounds" not in passes:
+        # milp alone, on a state without certificates: it is handed the domain's bounds it requires (its
+        # big-M constants) and an empty stability, so the manager inserts no 'bounds' pass before it
+        annotations = {DomainBounds: domain_bounds(net, box), Stability: Stability(net.fingerprint())}
+    ctx = Context(box=box, deadline=Deadline(time_limit), options=options, annotations=dict(annotations or {}))
     PassManager().run(net, list(passes), ctx)
-    return merge(net, ctx.annotations), ctx
+    return ctx.get(Stability).state(net), ctx
 
 
 def dense_preactivations(net: Network, box: Box, n: int = 60_000) -> list:
@@ -171,9 +179,9 @@ def test_time_limit_keeps_undecided_neurons_and_claims_nothing_unsound(repo_root
     box = Box(np.zeros(64), np.ones(64))
     pres = dense_preactivations(net, box, 20_000)
     for method, solver in (("isa", "scip"), ("isa", "auto"), ("per-neuron", "scip"), ("split", "scip")):
-        ctx = Context(box=box, options={"stability_method": method, "solver": solver, "time_limit": 0.01})
+        ctx = Context(box=box, deadline=Deadline(0.01), options={"stability_method": method, "solver": solver})
         new = PassManager().run(net, ["bounds", "milp", "fold"], ctx)
-        state = merge(net, ctx.annotations)
+        state = ctx.get(Stability).state(net)
         entry = next(e for e in ctx.log if e["name"] == "milp")
         if method == "split":
             assert entry["split_complete"] is False
@@ -207,15 +215,16 @@ def wrong_bounds_case():
     b = crown_bounds(net, box.lo[None, :], box.hi[None, :])
     lower, upper = [x[0].copy() for x in b.lower], [x[0].copy() for x in b.upper]
     upper[0][0] = -0.5
-    fake = Findings(source="bounds", lower=lower, upper=upper, fingerprint=net.fingerprint())
+    fake = DomainBounds(tuple(lower), tuple(upper), tuple(epsilons(net, box.lo, box.hi)), "crown", net.fingerprint())
     return net, box, fake
 
 
 @pytest.mark.parametrize("solver", ["scip", "gurobi"])
 def test_bounds_excluding_a_real_preactivation_are_refused(solver):
     net, box, fake = wrong_bounds_case()
-    with pytest.raises(PassError, match="inconsistent"):
-        analyse(net, box, annotations={"bounds": fake}, stability_method="isa", solver=solver)
+    with pytest.raises(InternalError, match="inconsistent"):
+        analyse(net, box, annotations={DomainBounds: fake, Stability: Stability(net.fingerprint())},
+                stability_method="isa", solver=solver)
 
 
 @pytest.mark.parametrize("solver", ["scip", "gurobi"])
@@ -228,8 +237,9 @@ def test_bounds_excluding_a_real_preactivation_never_become_a_proof(solver):
     seen = Findings(source="falsify", seen_inactive=[np.array([True, False]), np.zeros(1, bool)],
                     seen_active=[np.zeros(2, bool), np.zeros(1, bool)], fingerprint=net.fingerprint())
     try:
-        state, _ = analyse(net, box, annotations={"bounds": fake, "falsify": seen}, stability_method="isa", solver=solver)
-    except PassError as exc:
+        state, _ = analyse(net, box, annotations={DomainBounds: fake, Stability: Stability(net.fingerprint(), (seen,))},
+                           stability_method="isa", solver=solver)
+    except InternalError as exc:
         assert "inconsistent" in str(exc)
         return
     assert not state.proven_inactive[0][0], "a proof built on bounds that exclude y0(1) = 0.8"
@@ -248,11 +258,13 @@ def test_a_witness_beats_a_milp_certificate_in_merge_and_fold():
     claim = Findings(source="milp", proven_inactive=[np.array([True, False]), np.zeros(1, bool)],
                      proven_active=[np.zeros(2, bool), np.zeros(1, bool)],
                      epsilon=[np.full(2, 2e-5), np.zeros(1)], fingerprint=net.fingerprint())
-    ctx = Context(box=box, annotations={"milp": claim})
+    ctx = Context(box=box, annotations={Stability: Stability(net.fingerprint(), (claim,))})
     new = PassManager().run(net, ["sample", "fold"], ctx)  # sample sees y0 > 0 at the corner (1, 1)
-    state = merge(net, ctx.annotations)
+    assert [e["name"] for e in ctx.log] == ["sample", "fold"]
+    # what fold merged: the claim and the sample pass's witnesses
+    state = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats)).state(net)
     assert not state.proven_inactive[0][0] and state.conflicts == [(0, 0)]
-    assert new.widths == [2] and ctx.extra["stable"]["conflicts"] == [{"layer": 0, "neuron": 0}]
+    assert new.widths == [2] and ctx.sections["stable"]["conflicts"] == [{"layer": 0, "neuron": 0}]
     assert any("witnessed otherwise" in w for w in ctx.warnings)
     assert new.forward(np.ones((1, 2)))[0, 0] == net.forward(np.ones((1, 2)))[0, 0]
 
@@ -261,7 +273,7 @@ def test_the_stable_pipeline_keeps_a_neuron_whose_maximum_is_below_epsilon():
     net, box = near_zero_net(), Box(np.zeros(2), np.ones(2))
     ctx = Context(box=box)
     new = PassManager().run(net, ["sample", "bounds", "falsify", "milp", "fold"], ctx)
-    assert new.widths == [2] and ctx.extra["stable"]["removed"] == []
+    assert new.widths == [2] and ctx.sections["stable"]["removed"] == []
     np.testing.assert_array_equal(new.forward(np.ones((1, 2))), net.forward(np.ones((1, 2))))
 
 
@@ -273,13 +285,13 @@ def test_an_epsilon_certificate_reports_an_error_bound_that_covers_the_real_erro
     net, box = near_zero_net(), Box(np.zeros(2), np.ones(2))
     ctx = Context(box=box, options={"stability_method": "isa", "solver": solver})
     new = PassManager().run(net, ["bounds", "milp", "fold"], ctx)
-    state = merge(net, ctx.annotations)
+    state = ctx.get(Stability).state(net)
     x = np.vstack([box.sample(5000, np.random.default_rng(0)), box.corners(4, None)])
     err = float(np.abs(new.forward(x) - net.forward(x)).max())
     if state.proven_inactive[0][0]:
         assert state.proof[0][0] in ("milp", "bounds-epsilon") and state.epsilon[0][0] > 0
-        assert ctx.extra["stable"]["removed"][0]["epsilon"] > 0
-        assert err <= ctx.extra["stable"]["epsilon_error_bound"] and err > 0
+        assert ctx.sections["stable"]["removed"][0]["epsilon"] > 0
+        assert err <= ctx.sections["stable"]["epsilon_error_bound"] and err > 0
     else:
         assert state.seen_active[0][0] and err == 0.0
 
@@ -339,9 +351,10 @@ def test_split_does_not_spin_on_neurons_that_are_identically_zero():
 
 def test_bad_options_and_missing_domain_are_usage_errors():
     net, box = small_case(0)
-    with pytest.raises(UsageError, match="stability-method"):
+    # refused by the options' declarations (in Python the label is the long name)
+    with pytest.raises(UsageError, match="^stability_method 'magic': expected one of auto, isa, split, per-neuron$"):
         analyse(net, box, stability_method="magic")
-    with pytest.raises(UsageError, match="--solver"):
+    with pytest.raises(UsageError, match="^solver 'cplex': expected one of auto, scip, gurobi$"):
         analyse(net, box, stability_method="isa", solver="cplex")
     with pytest.raises(UsageError, match="domain"):
         PassManager().run(net, ["milp"], Context())
@@ -389,22 +402,25 @@ def test_split_settles_pre_activations_that_are_zero_on_part_of_the_box(seed):
 def test_split_resumed_from_its_unfinished_pieces_proves_what_one_split_proves(seed, first_limit):
     """``auto`` stops the split after a short time and resumes it later: the resumed search starts from
     the pieces left over (not the whole box) and ends with the same stable sets as one uninterrupted split."""
-    from passes.analysis.stability import split
+    from onnxcomp.stability.split import split
 
     net, box = small_case(seed)
     whole, _ = analyse(net, box, passes=("bounds", "milp"), stability_method="split", time_limit=30)
-    ctx = Context(box=box, options={"time_limit": 30})
+    ctx = Context(box=box, deadline=Deadline(30))
     PassManager().run(net, ["bounds"], ctx)
-    state = merge(net, ctx.annotations)
+    bounds = ctx.get(DomainBounds)
+    setup = ProofSetup(net, box.lo, box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps))
+    known = list(ctx.get(Stability).findings)
+    state = merge(net, known)
     entry: dict = {}
-    first = split(net, ctx, state, first_limit, entry)
-    annotations = dict(ctx.annotations, first=first)
-    state = merge(net, annotations)
+    first = split(setup, state, first_limit, entry)
+    known.append(first)
+    state = merge(net, known)
     if first_limit == 0.0:
         assert entry["split_boxes"] == 0 and len(first.resume["stack"]) == 1  # nothing done: the whole box left
-    second = split(net, ctx, state, 30, entry, resume=first.resume)
+    second = split(setup, state, 30, entry, resume=first.resume)
     assert entry["split_complete"]
-    resumed = merge(net, dict(annotations, second=second))
+    resumed = merge(net, known + [second])
     assert stable_sets(net, resumed) == stable_sets(net, whole)
     assert_proofs_hold(net, resumed, dense_preactivations(net, box))
 
@@ -431,18 +447,18 @@ def test_a_solver_that_crashes_proves_nothing_and_the_run_goes_on(repo_root, mon
             raise MemoryError("injected solver failure")
         return real_x0(self, model, sol)
 
-    reference = Context(box=box, options={"stability_method": method, "solver": "scip", "time_limit": 30})
+    reference = Context(box=box, deadline=Deadline(30), options={"stability_method": method, "solver": "scip"})
     PassManager().run(net, ["bounds", "milp"], reference)
     assert reference.log[-1]["undecided"] == 0
     monkeypatch.setattr(scip._Shared, "x0", failing_x0)
-    ctx = Context(box=box, options={"stability_method": method, "solver": "scip", "time_limit": 5})
+    ctx = Context(box=box, deadline=Deadline(5), options={"stability_method": method, "solver": "scip"})
     new = PassManager().run(net, ["bounds", "milp", "fold"], ctx)
     assert calls["n"] >= 3, "the failure was never injected"
     entry = next(e for e in ctx.log if e["name"] == "milp")
     if method == "isa":  # (split goes on bisecting, and its bounds may still settle every neuron)
         assert entry["status"].startswith("error") and any("solver failed" in w for w in ctx.warnings)
         assert entry["undecided"] > 0
-    state = merge(net, ctx.annotations)
+    state = ctx.get(Stability).state(net)
     assert_proofs_hold(net, state, dense_preactivations(net, box, 20_000))
     x = box.sample(2000, np.random.default_rng(1))
     np.testing.assert_allclose(new.forward(x), net.forward(x), rtol=0, atol=1e-9 * np.abs(net.forward(x)).max())

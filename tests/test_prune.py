@@ -20,7 +20,8 @@ from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from onnxcomp.storage import candidate_formats, delta_gaps, encode_weight, materialize
 from onnxcomp.writer import _Names, to_model
-from passes.analysis.lookahead import lookahead_scores, sequential_masks
+from onnxcomp.lookahead import lookahead_scores, sequential_masks
+from onnxcomp.scores import FisherScores
 
 from conftest import MODELS
 from builders import random_network
@@ -100,7 +101,7 @@ def test_lap_pruning_removes_the_lowest_lookahead_scores():
 def test_ordered_lap_uses_the_sequential_masks():
     rng = np.random.default_rng(4)
     net = random_net(rng, 6, [8, 7], 3)
-    new, _ = run_passes(net, ["lookahead", "prune"], sparsity=0.6, lap_order="backward-seq")
+    new, _ = run_passes(net, ["lookahead", "prune"], sparsity=0.6, lap_variant="lap-backward-seq")
     masks = sequential_masks(net, 0.6, variant="backward-seq")
     for m, layer in zip(masks, new.layers):
         np.testing.assert_array_equal(layer.weight != 0, m)
@@ -108,10 +109,18 @@ def test_ordered_lap_uses_the_sequential_masks():
 
 def test_bad_settings_are_usage_errors():
     net = random_net(np.random.default_rng(5), 4, [4], 2)
-    for opts in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": 0.5, "granularity": "row"},
-                 {"sparsity": 0.5, "score": "fisher"}, {}):
+    for opts in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": 0.5, "granularity": "row"}, {}):
         with pytest.raises(UsageError):
             run_passes(net, ["prune"], **opts)
+    # --score fisher without the fisher analysis inserts it (its provider) before prune
+    new, ctx = run_passes(net, ["prune"], sparsity=0.5, score="fisher")
+    assert [e["name"] for e in ctx.log] == ["fisher", "prune"]
+    assert ctx.log[-1]["score"] == ctx.get(FisherScores).method == "fisher-unsupervised"
+    named, _ = run_passes(net, ["fisher", "prune"], sparsity=0.5, score="fisher")
+    for a, b in zip(new.layers, named.layers):
+        np.testing.assert_array_equal(a.weight, b.weight)
+    for layer in new.layers:
+        assert (layer.weight == 0).sum() == int(round(0.5 * layer.weight.size))
 
 
 def _decode(enc, shape):

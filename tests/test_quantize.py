@@ -21,7 +21,8 @@ from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from onnxcomp.storage import candidate_formats, encode_weight, materialize, pack_bits, unpack_bits
 from onnxcomp.writer import _Names, to_model
-from passes.transform.quantize import kmeans_layer, weighted_kmeans_1d
+from onnxcomp.quantization import kmeans_layer, weighted_kmeans_1d
+from onnxcomp.scores import FisherScores
 from builders import random_network
 
 DIGITS = MODELS / "data" / "digits_test.npz"
@@ -190,7 +191,7 @@ def test_fisher_weighting_is_used_when_fisher_ran_and_lowers_its_distortion():
     d = np.load(DIGITS)
     fisher_q, ctx = run_passes(net, ["fisher", "quantize"], data=d["x"], bits=3, fisher_objective="unsupervised")
     assert "weighted k-means (fisher-unsupervised)" in ctx.log[-1]["objective"]
-    imp = ctx.annotations["fisher"].importance
+    imp = ctx.get(FisherScores).importance
     plain_q, ctx2 = run_passes(net, ["quantize"], bits=3)
     assert ctx2.log[-1]["objective"].startswith("plain")
     for k, old in enumerate(net.layers):

@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto
 
-import passes.analysis.sample as sample
+import onnxcomp.sampling as sample
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager
 from onnxcomp.reader import read
 from onnxcomp.writer import standalone_context
-from passes.analysis.stability_state import epsilons, merge, witness_floor
+from onnxcomp.stability import Stability, epsilons, witness_floor
 from builders import random_network
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -29,10 +29,10 @@ def random_net(rng, n_in, widths, n_out, double=False):
     return random_network(rng, n_in, widths, n_out, bias_scale=0.5, onnx_context=ctx)
 
 
-def run_sample(net, box=None, data=None, **options):
-    ctx = Context(box=box, data=data, device="cpu", options=dict({"samples": 0, "corners": 0}, **options))
+def run_sample(net, box=None, data=None, samples=0, corners=0, **options):
+    ctx = Context(box=box, data=data, device="cpu", samples=samples, corners=corners, options=options)
     PassManager().run(net, ["sample"], ctx)
-    return ctx.annotations["sample"], ctx
+    return ctx.get(sample.ActivationStats), ctx
 
 
 def collect_in_batches(net, ctx, batch, **kw):
@@ -40,7 +40,8 @@ def collect_in_batches(net, ctx, batch, **kw):
     saved = sample.BATCH
     sample.BATCH = batch
     try:
-        return sample.collect(net, ctx, **kw)
+        return sample.collect(net, ctx.box, ctx.data, samples=ctx.samples, corners=ctx.corners, seed=ctx.seed,
+                              device=ctx.device, **kw)
     finally:
         sample.BATCH = saved
 
@@ -126,7 +127,7 @@ def test_domain_samples_and_corners_are_counted():
 
 def test_needs_a_domain_or_data():
     net = random_net(np.random.default_rng(0), 2, [3], 1)
-    with pytest.raises(UsageError, match="pass 'sample': needs --domain or --data"):
+    with pytest.raises(UsageError, match="^pass 'sample' runs the model on inputs: give --domain or --data$"):
         PassManager().run(net, ["sample"], Context(device="cpu"))
 
 
@@ -143,8 +144,7 @@ def test_statistics_do_not_depend_on_batching(seed, n_rows, batch, widths, n_in,
     data = rng.uniform(-1.5, 1.5, size=(n_rows, n_in)) if n_rows else None
     if data is None and samples == 0 and corners == 0:
         samples = 1
-    ctx = Context(box=box, data=data, device="cpu", seed=seed % 97,
-                  options={"samples": samples, "corners": corners})
+    ctx = Context(box=box, data=data, device="cpu", seed=seed % 97, samples=samples, corners=corners)
     one = collect_in_batches(net, ctx, 1_000_000, covariance=covariance)
     many = collect_in_batches(net, ctx, batch, covariance=covariance)
     same_stats(one, many)
@@ -168,7 +168,7 @@ def test_rows_outside_the_domain_are_not_witnesses():
     assert s.dom_max.tolist() == pytest.approx([-0.2, -0.5, 0.5])  # the in-box rows' extremes
     assert stats.seen_active(0).tolist() == [False, False, True]
     assert ctx.log[-1]["layers"][0]["never_active"] == 2
-    state = merge(net, ctx.annotations)
+    state = Stability.start(net, ctx.get(Stability), ctx.get(sample.ActivationStats)).state(net)
     assert state.seen_active[0].tolist() == [False, False, True]
     assert state.undecided(0).tolist() == [True, True, False]
 

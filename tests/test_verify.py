@@ -17,7 +17,7 @@ from onnxcomp.errors import InputError
 from onnxcomp.ir import Box
 from onnxcomp.onnxio import load_model
 from onnxcomp.reader import lower
-from onnxcomp.verify import ATOL, RTOL, compare, sample_inputs, verify_models
+from onnxcomp.equivalence import ATOL, RTOL, compare, sample_inputs, verify_models
 from onnxcomp.writer import to_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,9 @@ from onnxcomp.stability import DomainBounds, Stability
 from onnxcomp.stability.common import ProofSetup
 from onnxcomp.stability.schedule import METHODS, prove
 
+DEFAULT_SECONDS = 600.0
+"""Seconds for the proofs when the run has no time limit (a library caller's Context)."""
+
 
 @dataclass(frozen=True)
 class MilpOptions:
@@ -39,7 +42,8 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
                        split_min_width=opts.split_min_width)
-    found, entry = prove(setup, list(stability.findings), opts.stability_method, max(ctx.deadline.remaining(), 0.01))
+    seconds = ctx.deadline.remaining() if ctx.deadline.limited else DEFAULT_SECONDS
+    found, entry = prove(setup, list(stability.findings), opts.stability_method, max(seconds, 0.01))
     for message in setup.warnings:
         ctx.warn(message)
     return PassResult((stability.extended(found),), entry=entry)

@@ -1,13 +1,19 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test bench bench-quick models clean
+.PHONY: install test test-fast wheel-check bench bench-quick models clean
 
 install:  ## install onnxcomp with the test dependencies
 	$(PIP) install -q -e ".[dev]"
 
 test:  ## the whole test suite (what CI runs)
 	$(PYTHON) -m pytest -n 2 -q --timeout 1800 tests
+
+test-fast:  ## everything but the end-to-end tests marked slow (about a minute)
+	$(PYTHON) -m pytest -n 2 -q --timeout 600 -m "not slow" tests
+
+wheel-check:  ## build the wheel, install it without extras in a fresh venv, run the main commands outside the checkout
+	.ci/wheel-check
 
 bench:  ## benchmarks: tables on stdout, CSV + PNG under bench/out/ (the stability bench takes hours)
 	$(PYTHON) bench/sampling.py

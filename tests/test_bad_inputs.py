@@ -35,6 +35,8 @@ from make_corpus import mlp, make_corpus, save  # noqa: E402
 
 from onnxcomp.runtime import cuda_available  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DIGITS_DATA = MODELS / "data" / "digits_calib.npz"

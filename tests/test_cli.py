@@ -15,6 +15,8 @@ import pytest
 
 from builders import GraphBuilder, perturb_initializer
 
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "models" / "digits_2x32_l1.onnx")
 

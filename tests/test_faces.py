@@ -19,6 +19,8 @@ import pytest
 import onnxcomp
 from onnxcomp.errors import InputError, OptionError, UsageError
 
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_2x32_l1.onnx"
 DIGITS_DATA = ROOT / "models" / "data" / "digits_calib.npz"
@@ -67,7 +69,6 @@ def _config(path: Path, passes: str, settings: dict, per_pass: dict, output: str
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_flags_config_and_python_give_identical_bytes(case, tmp_path):
     passes, settings, per_pass = CASES[case]

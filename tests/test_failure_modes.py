@@ -22,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DIGITS = MODELS / "digits_2x32_l1.onnx"

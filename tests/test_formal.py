@@ -7,16 +7,20 @@ import json
 import subprocess
 import sys
 
+from functools import partial
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import random_network
 from onnxcomp.formal import max_difference, milp_difference, split_difference
 from onnxcomp.ir import LINEAR, RELU, Box, Dense, Network
 from onnxcomp.pipeline import Context, PassManager, expand
 from onnxcomp.writer import save_atomic, to_model
-from builders import random_network
-from functools import partial
+
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
 
 
 random_net = partial(random_network, bias_scale=0.5)

@@ -116,6 +116,7 @@ def test_bounds_that_cut_off_a_real_point_show_up_as_violations():
 
 
 # ---- ISA: soundness, completeness, agreement --------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=16, deadline=None)
 @given(seed=st.integers(0, 100_000), solver=st.sampled_from(["scip", "gurobi"]))
 def test_isa_is_sound_and_complete_on_small_random_networks(seed, solver):
@@ -159,6 +160,7 @@ def test_isa_with_gurobi_is_sound_and_agrees_with_scip(seed):
     assert stable_sets(net, state) == stable_sets(net, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 3, 4, 5])
 def test_isa_split_and_per_neuron_agree_neuron_by_neuron(seed):
     net, box = small_case(seed)
@@ -397,6 +399,7 @@ def test_split_settles_pre_activations_that_are_zero_on_part_of_the_box(seed):
         assert 0 < state.epsilon[2][i] < eps[2][i]
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), first_limit=st.sampled_from([0.0, 0.02, 0.2]))
 def test_split_resumed_from_its_unfinished_pieces_proves_what_one_split_proves(seed, first_limit):
@@ -425,6 +428,7 @@ def test_split_resumed_from_its_unfinished_pieces_proves_what_one_split_proves(s
     assert_proofs_hold(net, resumed, dense_preactivations(net, box))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["isa", "split"])
 def test_a_solver_that_crashes_proves_nothing_and_the_run_goes_on(repo_root, monkeypatch, method):
     """Fault injection: SCIP's ISA plugins fail from inside its search (reading a solution's input raises

@@ -176,6 +176,7 @@ def test_pruned_file_is_smaller_in_proportion_and_runs_as_the_ir(tmp_path):
     assert sizes[0.95] < sizes[0.8] < sizes[0.5]
 
 
+@pytest.mark.slow
 def test_cli_lap_prune_end_to_end(tmp_path, repo_root):
     out, rep = tmp_path / "small.onnx", tmp_path / "report.json"
     src = repo_root / "models" / "digits_2x100_l1.onnx"

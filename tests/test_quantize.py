@@ -206,6 +206,7 @@ def test_bad_bits_are_usage_errors():
             run_passes(net, ["quantize"], **opts)
 
 
+@pytest.mark.slow
 def test_cli_lap_then_quantize_composes(tmp_path, repo_root):
     out, rep = tmp_path / "q.onnx", tmp_path / "r.json"
     src = repo_root / "models" / "digits_2x100_l1.onnx"

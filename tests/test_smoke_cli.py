@@ -5,6 +5,9 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
 
 
 def test_round_trip_command_writes_an_equivalent_model(tmp_path, repo_root):

@@ -18,6 +18,8 @@ from builders import assert_same, run_ort
 from onnxcomp.domain import parse_domain
 from onnxcomp.reader import read
 
+pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_2x32_l1.onnx"
 ACAS = ROOT / "models" / "external" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"

@@ -56,6 +56,7 @@ def test_one_changed_weight_is_caught(digits, name):
     assert result.worst_sample is not None
 
 
+@pytest.mark.slow
 def test_every_single_flipped_relu_is_caught(digits):
     # Every hidden neuron that is negative somewhere on the domain: removing its Relu must fail.
     net = lower(digits)

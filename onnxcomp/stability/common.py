@@ -26,7 +26,8 @@ DEGENERATE = 1e-7
 class ProofSetup:
     """A stability problem: ``net`` over the box ``[lo, hi]`` with sound pre-activation bounds
     ``lower``/``upper`` (per layer) usable as big-M constants, the margins ``eps`` (per layer; see
-    ``state.epsilons``), and solver settings.  ``warnings`` collects what the user should read."""
+    ``state.epsilons``), and solver settings.  ``workers`` (an ``onnxcomp.workers.Workers``, or ``None``
+    for inline) runs independent units; ``warnings`` collects what the user should read."""
 
     net: Network
     lo: np.ndarray
@@ -40,6 +41,7 @@ class ProofSetup:
     split_leaf_binaries: int = 24
     split_leaf_seconds: float = 10.0
     split_min_width: float = 1 / 64
+    workers: object = None
     warnings: list = field(default_factory=list)
 
     def warn(self, message: str) -> None:

@@ -82,7 +82,7 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS
     if method == "split":
-        state = record(split(setup, state, time_limit, entry))
+        state = record(split(setup, state, time_limit, entry, workers=setup.workers))
     elif method == "per-neuron":
         state = record(per_neuron(setup, state, time_limit, entry))
     elif method == "isa" or not low_dim:
@@ -90,13 +90,14 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     else:
         # auto on a low-dimensional input: a short split (often all it takes), then ISA on what is left
         # with half the remaining time, then the split goes on (from its unfinished pieces) with the rest.
-        first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry)
+        first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
         state = record(first_split)
         if open_count(setup, state):
             state = record(isa(setup, known, max((time_limit - elapsed()) / 2, 0.01), entry))
         if open_count(setup, state) and time_limit - elapsed() > 0.5:
             first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
-            state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume))
+            state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume,
+                                 workers=setup.workers))
             for k, v in first.items():
                 entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
     counts = state.counts(net)

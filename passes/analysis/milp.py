@@ -41,7 +41,7 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
     setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
-                       split_min_width=opts.split_min_width)
+                       split_min_width=opts.split_min_width, workers=ctx.workers())
     seconds = ctx.deadline.remaining() if ctx.deadline.limited else DEFAULT_SECONDS
     found, entry = prove(setup, list(stability.findings), opts.stability_method, max(seconds, 0.01))
     for message in setup.warnings:

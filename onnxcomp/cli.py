@@ -178,6 +178,18 @@ def app(debug: bool) -> None:
     """onnxcomp: an ONNX graph-to-graph compiler for ReLU networks."""
 
 
+def _output_options() -> list:
+    """--report, --format and --debug, the same for run and verify."""
+    return [
+        click.Option(["--report", "report"], default=None, metavar="FILE",
+                     help="Write the report here (JSON; JUnit XML with --format junit)."),
+        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
+                     help="Output: text tables, json, md (Markdown summary, also appended to $GITHUB_STEP_SUMMARY), "
+                          "junit (JUnit XML to --report).  [default: text]"),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+    ]
+
+
 def _run_command() -> click.Command:
     from .api import RunSettings
     from .options import specs
@@ -188,14 +200,9 @@ def _run_command() -> click.Command:
                      help="Comma-separated passes, e.g. stable,lap (see `onnxcomp passes`)."),
         click.Option(["-o", "--output", "output"], default=None, metavar="FILE",
                      help="Output ONNX file (written only if verified)."),
-        click.Option(["--report", "report"], default=None, metavar="FILE",
-                     help="Write the report here (JSON; JUnit XML with --format junit)."),
         click.Option(["--config", "config"], default=None, metavar="TOML",
                      help="Read the pipeline from a TOML file (keys: the long option names); flags override it."),
-        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
-                     help="Output: text tables, json, md (Markdown summary, also appended to $GITHUB_STEP_SUMMARY), "
-                          "junit (JUnit XML to --report).  [default: text]"),
-        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+        *_output_options(),
     ]
     params += [click_option(s) for s in specs(RunSettings)]
     merged, tags = _pass_option_specs()
@@ -274,12 +281,7 @@ def _verify_command() -> click.Command:
     params = [
         click.Argument(["reference"]),
         click.Argument(["candidate"]),
-        click.Option(["--report", "report"], default=None, metavar="FILE",
-                     help="Write the report here (JSON; JUnit XML with --format junit)."),
-        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
-                     help="Output: text, json, md (also appended to $GITHUB_STEP_SUMMARY), junit (JUnit XML to "
-                          "--report).  [default: text]"),
-        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+        *_output_options(),
     ]
     params += [click_option(s) for s in specs(VerifySettings)]
     return click.Command("verify", params=params, callback=_verify, context_settings=CONTEXT,

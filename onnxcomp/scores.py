@@ -86,3 +86,12 @@ def magnitude_scores(net: Network) -> WeightScores:
         outgoing = np.linalg.norm(net.layers[k + 1].weight, axis=0) if k + 1 < len(net.layers) else np.ones(layer.n_out)
         neurons.append(incoming * outgoing)
     return WeightScores("magnitude", weights, neurons, net)
+
+
+BY_NAME = {"lap": LookaheadScores, "fisher": FisherScores}
+"""``--score`` value -> the annotation that holds those scores."""
+
+
+def required(score: str | None) -> tuple:
+    """The annotation a lossy pass needs for ``--score score`` (none for ``magnitude`` or no choice)."""
+    return (BY_NAME[score],) if score in BY_NAME else ()

@@ -11,29 +11,23 @@ from onnxcomp.errors import UsageError
 from onnxcomp.options import option
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.pruning import GRANULARITIES, LEVELS, prune_network, sequential_or_ranked_masks
-from onnxcomp.scores import FisherScores, LookaheadScores, magnitude_scores
-
-SCORES = {"lap": LookaheadScores, "fisher": FisherScores}
-
+from onnxcomp.scores import BY_NAME as SCORE_TYPES, FisherScores, LookaheadScores, magnitude_scores, required
 
 @dataclass(frozen=True)
 class PruneOptions:
     sparsity: float | None = option(None, "fraction of weights to zero, 0 <= s < 1 (or searched under a "
                                     "budget)", min=0.0, lt=1.0)
     granularity: str = option("layer", "the sparsity per layer or global (one threshold)", choices=GRANULARITIES)
-    score: str | None = option(None, "weight score: magnitude, lap or fisher (drop also: dependence, auto); default: the "
-                               "scoring analysis that ran", choices=("magnitude", "lap", "fisher"))
+    score: str | None = option(None, "weight score: magnitude, lap or fisher (drop also: dependence, auto); "
+                               "default: the scoring analysis that ran", choices=("magnitude", "lap", "fisher"))
 
 
-def _requires(opts: PruneOptions) -> tuple:
-    return (SCORES[opts.score],) if opts.score in SCORES else ()
-
-
-@register("prune", kind=LOSSY, options=PruneOptions, requires=_requires, uses=(LookaheadScores, FisherScores),
+@register("prune", kind=LOSSY, options=PruneOptions, requires=lambda opts: required(opts.score),
+          uses=(LookaheadScores, FisherScores),
           summary="unstructured pruning to a target sparsity by magnitude, lookahead or Fisher score",
           paper="LAP Eq. 1, 5, Alg. 1; rate-distortion (Fisher) §5.3")
 def run(net, ctx, opts: PruneOptions) -> PassResult:
-    available = {name: ctx.get(t) for name, t in SCORES.items()}
+    available = {name: ctx.get(t) for name, t in SCORE_TYPES.items()}
     scores = pick_scores(net, opts.score, available, warn=ctx.warn) or magnitude_scores(net)
     order = getattr(scores, "order", None)
     if order is not None and opts.granularity == "global":

@@ -11,12 +11,9 @@ from onnxcomp.errors import UsageError
 from onnxcomp.options import option
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.quantization import LEVELS, METHODS, importance_weights, int8_layer, kmeans_layer
-from onnxcomp.scores import FisherScores, LookaheadScores
+from onnxcomp.scores import BY_NAME as SCORE_TYPES, FisherScores, LookaheadScores, required
 from onnxcomp.storage import layer_storage, storage_summary
 from onnxcomp.writer import to_model
-
-SCORES = {"lap": LookaheadScores, "fisher": FisherScores}
-
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -24,15 +21,12 @@ class QuantizeOptions:
                               min=1, max=8)
     quant: str = option("kmeans", "kmeans (codebook + packed indices) or int8 (per-channel "
                         "DequantizeLinear)", choices=METHODS)
-    score: str | None = option(None, "weight score: magnitude, lap or fisher (drop also: dependence, auto); default: the "
-                               "scoring analysis that ran", choices=("magnitude", "lap", "fisher"))
+    score: str | None = option(None, "weight score: magnitude, lap or fisher (drop also: dependence, auto); "
+                               "default: the scoring analysis that ran", choices=("magnitude", "lap", "fisher"))
 
 
-def _requires(opts: QuantizeOptions) -> tuple:
-    return (SCORES[opts.score],) if opts.score in SCORES else ()
-
-
-@register("quantize", kind=LOSSY, options=QuantizeOptions, requires=_requires, uses=(FisherScores, LookaheadScores),
+@register("quantize", kind=LOSSY, options=QuantizeOptions, requires=lambda opts: required(opts.score),
+          uses=(FisherScores, LookaheadScores),
           summary="weight sharing by (Fisher-)weighted k-means per layer, or per-channel int8",
           paper="rate-distortion (Fisher) §5.3, §6.1, App. C.2")
 def run(net, ctx, opts: QuantizeOptions) -> PassResult:
@@ -45,7 +39,7 @@ def run(net, ctx, opts: QuantizeOptions) -> PassResult:
                         default=8, budget=ctx.budget, probe=probe, labels=ctx.labels, seed=ctx.seed)
         objective = "int8 per channel"
     else:
-        available = {name: ctx.get(t) for name, t in SCORES.items()}
+        available = {name: ctx.get(t) for name, t in SCORE_TYPES.items()}
         scores = pick_scores(net, opts.score, available, default_order=("fisher",), warn=ctx.warn)
         importance, quartic, objective = importance_weights(net, scores)
 

@@ -180,3 +180,132 @@ def violations(milp: ReluMilp, val: np.ndarray, tol: float = 1e-7) -> int:
     lb, ub = np.asarray(milp.lb), np.asarray(milp.ub)
     bad += int(np.sum((val < lb - tol * (1 + np.abs(lb))) | (val > ub + tol * (1 + np.abs(ub)))))
     return bad
+
+
+# ---- sparse prefix formulations (one layer's neurons as targets; per-side feasibility, bound tightening) ----
+@dataclass
+class SparseMilp:
+    """A MILP (or LP) as plain numpy arrays, picklable, for the HiGHS and SCIP sparse paths.
+
+    Columns: bounds ``lb``/``ub`` and ``integer`` flags; rows: ``row_lo <= A x <= row_hi`` with ``A`` in
+    CSR form (``indptr``, ``indices``, ``data``).  ``inputs``: the columns of the network input;
+    ``targets``: target neuron -> column of its pre-activation ``y``; ``obj``: objective coefficients
+    (all 0 unless set), ``maximize``.  ``relaxed``: how many unstable neurons were given the triangle
+    LP relaxation instead of a binary (sound: it encloses the ReLU's graph)."""
+
+    lb: np.ndarray
+    ub: np.ndarray
+    integer: np.ndarray
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    inputs: np.ndarray
+    targets: dict
+    obj: np.ndarray
+    maximize: bool = True
+    relaxed: int = 0
+
+    @property
+    def n_cols(self) -> int:
+        return int(self.lb.size)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.row_lo.size)
+
+    @property
+    def n_binary(self) -> int:
+        return int(self.integer.sum())
+
+    def row_activity(self, val: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.n_rows)
+        for r in range(self.n_rows):
+            s, e = self.indptr[r], self.indptr[r + 1]
+            out[r] = self.data[s:e] @ val[self.indices[s:e]]
+        return out
+
+
+def build_prefix(weights: list, biases: list, relu: list, lo: np.ndarray, hi: np.ndarray, lower: list, upper: list,
+                 layer: int, targets, binary: list | None = None) -> SparseMilp:
+    """The first ``layer`` layers of a dense ReLU chain over the box [lo, hi], plus a free continuous
+    column ``y = W[layer][i] h + b[layer][i]`` for each target neuron ``i`` (bounded by ``lower[layer][i]``,
+    ``upper[layer][i]``).
+
+    ``weights``/``biases``/``relu``: per layer (at least ``layer + 1`` entries); ``lower``/``upper``: sound
+    pre-activation bounds of layers ``<= layer``.  Per neuron of an earlier layer: ``u <= 0`` (ReLU): the
+    constant 0, no column; ``l >= 0`` or a linear layer: ``h = y``; otherwise ``y`` with its row, ``h`` and
+    a binary ``z``: ``h >= y``, ``h <= y - l (1 - z)``, ``h <= u z`` (the big-M hull, whose LP relaxation is
+    the triangle).  ``binary[j]``: optional masks of the unstable neurons that get a binary; the others
+    get only the triangle ``h >= 0, h >= y, h <= u (y - l) / (u - l)`` (a sound relaxation: a proof of
+    infeasibility still holds for the network, a solution is only a candidate).
+    """
+    lo = np.asarray(lo, dtype=np.float64).reshape(-1)
+    hi = np.asarray(hi, dtype=np.float64).reshape(-1)
+    lb, ub, integer = list(lo), list(hi), [False] * lo.size
+    row_lo: list = []
+    row_hi: list = []
+    ptr = [0]
+    ind: list = []
+    val: list = []
+
+    def col(a, b, is_int=False):
+        lb.append(float(a))
+        ub.append(float(b))
+        integer.append(is_int)
+        return len(lb) - 1
+
+    def row(idx, coef, a, b):
+        ind.append(np.asarray(idx, dtype=np.int64))
+        val.append(np.asarray(coef, dtype=np.float64))
+        ptr.append(ptr[-1] + len(ind[-1]))
+        row_lo.append(float(a))
+        row_hi.append(float(b))
+
+    prev = np.arange(lo.size, dtype=np.int64)  # column of each previous-layer output, -1 = constant 0
+    n_relaxed = 0
+    for k in range(layer + 1):
+        w, b = np.asarray(weights[k], dtype=np.float64), np.asarray(biases[k], dtype=np.float64)
+        valid = prev >= 0
+        cols = prev[valid]
+        wk = w[:, valid]
+        if k == layer:
+            tcols = {}
+            for i in targets:
+                i = int(i)
+                nz = np.flatnonzero(wk[i])
+                y = col(lower[k][i], upper[k][i])
+                row(np.append(cols[nz], y), np.append(wk[i, nz], -1.0), -b[i], -b[i])
+                tcols[i] = y
+            break
+        post = np.full(w.shape[0], -1, dtype=np.int64)
+        for i in range(w.shape[0]):
+            l, u = float(lower[k][i]), float(upper[k][i])
+            if relu[k] and u <= 0:
+                continue
+            nz = np.flatnonzero(wk[i])
+            if not relu[k] or l >= 0:
+                y = col(max(l, 0.0) if relu[k] else l, u)
+                row(np.append(cols[nz], y), np.append(wk[i, nz], -1.0), -b[i], -b[i])
+                post[i] = y
+                continue
+            y = col(l, u)
+            row(np.append(cols[nz], y), np.append(wk[i, nz], -1.0), -b[i], -b[i])
+            h = col(0.0, u)
+            row([h, y], [1.0, -1.0], 0.0, np.inf)  # h >= y
+            if binary is None or binary[k][i]:
+                z = col(0.0, 1.0, True)
+                row([h, y, z], [1.0, -1.0, -l], -np.inf, -l)  # h <= y - l (1 - z)
+                row([h, z], [1.0, -u], -np.inf, 0.0)  # h <= u z
+            else:
+                s = u / (u - l)
+                row([h, y], [1.0, -s], -np.inf, -s * l)  # h <= u (y - l) / (u - l)
+                n_relaxed += 1
+            post[i] = h
+        prev = post
+    n = len(lb)
+    return SparseMilp(np.array(lb), np.array(ub), np.array(integer, dtype=bool), np.array(row_lo), np.array(row_hi),
+                      np.array(ptr, dtype=np.int64), np.concatenate(ind) if ind else np.zeros(0, np.int64),
+                      np.concatenate(val) if val else np.zeros(0), np.arange(lo.size, dtype=np.int64), tcols,
+                      np.zeros(n), True, n_relaxed)

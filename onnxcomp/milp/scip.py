@@ -250,3 +250,109 @@ class ScipBackend:
         elif status == "infeasible":
             bound = -np.inf if milp.maximize else np.inf
         return OptOutcome(status, bound, value, time.perf_counter() - t0, NAME, x0)
+
+
+# ---- sparse formulations (formulation.SparseMilp): per-side feasibility problems, bound tightening ----
+from pyscipopt import SCIP_EVENTTYPE, Eventhdlr  # noqa: E402
+
+
+class _SolutionEvents(Eventhdlr):
+    """Hands the input of every new best solution to the problem's callback; stops when it says so."""
+
+    def __init__(self, problem: "ScipProblem"):
+        self.p = problem
+
+    def eventinit(self):
+        self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+    def eventexit(self):
+        self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+    def eventexec(self, event):
+        sol = self.model.getBestSol()
+        x = np.array([self.model.getSolVal(sol, self.p.vars[int(j)]) for j in self.p.milp.inputs])
+        self.p.candidates.append(x)
+        if self.p.on_solution is not None and self.p.on_solution(x):
+            self.model.interruptSolve()
+
+
+class ScipProblem:
+    """A ``formulation.SparseMilp`` as a SCIP model; the same interface as ``highs.HighsProblem``
+    (``set_bounds``, ``set_objective``, ``set_integrality``, ``solve`` -> ``highs.SolveOutcome``).
+    ``params``: SCIP parameters to set (default settings otherwise); single-threaded."""
+
+    def __init__(self, milp, params: dict | None = None):
+        self.milp = milp
+        model = Model("onnxcomp-sparse")
+        model.hideOutput()
+        for key, value in (params or {}).items():
+            model.setParam(key, value)
+        inf = model.infinity()
+        self.vars = [model.addVar(name=f"c{j}", vtype="B" if milp.integer[j] and milp.lb[j] >= 0 and milp.ub[j] <= 1 else
+                                  ("I" if milp.integer[j] else "C"),
+                                  lb=milp.lb[j] if np.isfinite(milp.lb[j]) else -inf,
+                                  ub=milp.ub[j] if np.isfinite(milp.ub[j]) else inf) for j in range(milp.n_cols)]
+        for r in range(milp.n_rows):
+            s, e = milp.indptr[r], milp.indptr[r + 1]
+            expr = quicksum(float(c) * self.vars[int(j)] for j, c in zip(milp.indices[s:e], milp.data[s:e]))
+            lo, hi = milp.row_lo[r], milp.row_hi[r]
+            if np.isfinite(lo) and np.isfinite(hi) and lo == hi:
+                model.addCons(expr == float(hi))
+            else:
+                if np.isfinite(lo):
+                    model.addCons(expr >= float(lo))
+                if np.isfinite(hi):
+                    model.addCons(expr <= float(hi))
+        model.includeEventhdlr(_SolutionEvents(self), "onnxcomp_solutions", "candidate solutions to the caller")
+        self.model = model
+        self.candidates: list = []
+        self.on_solution = None
+        self.integer = bool(milp.integer.any())
+        self._objective: dict = {}
+        self.maximize = True
+
+    def _editable(self) -> None:
+        if self.model.getStage() != 1:  # not PROBLEM: drop the solving data first
+            self.model.freeTransform()
+
+    def set_bounds(self, col: int, lb: float, ub: float) -> None:
+        self._editable()
+        inf = self.model.infinity()
+        v = self.vars[int(col)]
+        self.model.chgVarLb(v, float(lb) if np.isfinite(lb) else -inf)
+        self.model.chgVarUb(v, float(ub) if np.isfinite(ub) else inf)
+
+    def set_objective(self, coef: dict, maximize: bool) -> None:
+        self._editable()
+        expr = quicksum(float(c) * self.vars[int(j)] for j, c in coef.items()) if coef else 0
+        self.model.setObjective(expr, "maximize" if maximize else "minimize")
+        self._objective, self.maximize = dict(coef), maximize
+
+    def set_integrality(self, integer: bool) -> None:
+        self._editable()
+        for j in np.flatnonzero(self.milp.integer):
+            self.model.chgVarType(self.vars[int(j)], ("B" if integer else "C"))
+        self.integer = bool(integer)
+
+    def solve(self, time_limit: float, on_solution=None):
+        from .highs import SolveOutcome
+
+        t0 = time.perf_counter()
+        self._editable()
+        self.candidates = []
+        self.on_solution = on_solution
+        self.model.setParam("limits/time", max(float(time_limit), 0.01))
+        self.model.optimize()
+        raw = self.model.getStatus()
+        status = {"timelimit": "time limit", "userinterrupt": "interrupted"}.get(raw, raw)
+        dual = primal = None
+        if raw in ("optimal", "timelimit", "userinterrupt", "gaplimit", "nodelimit"):
+            try:
+                d = float(self.model.getDualbound())
+                dual = d if np.isfinite(d) and abs(d) < 1e19 else None
+            except Exception:  # noqa: BLE001 - no bound available at this stage
+                dual = None
+            if self.model.getNSols() > 0:
+                primal = float(self.model.getSolObjVal(self.model.getBestSol()))
+        return SolveOutcome(status, time.perf_counter() - t0, dual, primal, list(self.candidates),
+                            int(self.model.getNNodes()), NAME)

@@ -49,6 +49,7 @@ def _fixture(name: str) -> ModelSpec:
 ACASXU = EXTERNAL / "acasxu"
 MNISTFC = EXTERNAL / "mnistfc"
 TLL = EXTERNAL / "tll"
+BOXES = MODELS / "boxes"
 
 SPECS = {s.name: s for s in [
     *(_fixture(n) for n in ["digits_2x32", "digits_2x32_l1", "digits_3x48_l1", "digits_2x100", "digits_2x100_l1",
@@ -58,6 +59,17 @@ SPECS = {s.name: s for s in [
     ModelSpec("mnistfc_256x2", MNISTFC / "mnist-net_256x2.onnx",
               {"prop_0_0.03": str(MNISTFC / "prop_0_0.03.vnnlib"), "0:1": "0:1"}),
     ModelSpec("tll_n2_N8", TLL / "tll_n2_N8_instance_0_0.onnx", {"property_N8_0": str(TLL / "property_N8_0.vnnlib")}),
+    ModelSpec("tll_n2_N16", TLL / "tll_n2_N16_instance_1_0.onnx",
+              {"property_N16_0": str(TLL / "property_N16_0.vnnlib")}),
+    ModelSpec("acasxu_5_9", ACASXU / "ACASXU_run2a_5_9_batch_2000.onnx", {"prop_1": str(ACASXU / "prop_1.vnnlib")}),
+    # the scale set (issue 11): deeper and wider networks on L-infinity boxes around test images
+    *(ModelSpec(n, MODELS / f"{n}.onnx", {f"img0_eps{e}": str(BOXES / f"mnist_img0_eps{e}.vnnlib")
+                                          for e in ("0.015", "0.03", "0.05")})
+      for n in ("mnist_4x256", "mnist_6x256", "mnist_8x200")),
+    ModelSpec("mnist_2x800_l1", MODELS / "mnist_2x800_l1.onnx", {"0:1": "0:1"}),
+    ModelSpec("mnistfc_256x4", MNISTFC / "mnist-net_256x4.onnx", {"prop_1_0.03": str(MNISTFC / "prop_1_0.03.vnnlib")}),
+    ModelSpec("eran_9x200", EXTERNAL / "eran" / "mnist_relu_9_200.onnx",
+              {"idx_8098_eps_0.015": str(EXTERNAL / "eran" / "mnist_spec_idx_8098_eps_0.01500.vnnlib")}),
 ]}
 
 

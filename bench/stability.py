@@ -10,6 +10,7 @@ method         passes                          options
 stable         sample, bounds, falsify, milp   stability_method=auto (split for <= 8 inputs, ISA)
 isa            sample, bounds, falsify, milp   stability_method=isa
 split          sample, bounds, falsify, milp   stability_method=split (input branch and bound)
+feasibility    sample, bounds, falsify, milp   stability_method=feasibility (per-side proofs, layer by layer)
 plain-isa      sample, milp                    stability_method=isa, bounds_method=interval
 per-neuron     sample, milp                    stability_method=per-neuron, bounds_method=interval
 =============  ==============================  ================================================
@@ -68,12 +69,13 @@ METHODS = {
     "stable": (OURS, {"stability_method": "auto"}),
     "isa": (OURS, {"stability_method": "isa"}),
     "split": (OURS, {"stability_method": "split"}),
+    "feasibility": (OURS, {"stability_method": "feasibility"}),
     "plain-isa": (BASE, {"stability_method": "isa", "bounds_method": "interval"}),
     "per-neuron": (BASE, {"stability_method": "per-neuron", "bounds_method": "interval"}),
 }
 # (method, solver) pairs in run order: ours with both solvers, the baselines with the open one
 RUNS = [("stable", "scip"), ("stable", "gurobi"), ("isa", "scip"), ("isa", "gurobi"), ("split", "scip"),
-        ("plain-isa", "scip"), ("per-neuron", "scip")]
+        ("feasibility", "scip"), ("plain-isa", "scip"), ("per-neuron", "scip")]
 
 QUICK_CASES = [("digits_2x32_l1", "0:1"), ("digits_2x32", "0:1"), ("tll_n2_N8", "property_N8_0"),
                ("acasxu_1_1", "prop_1")]

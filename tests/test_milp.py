@@ -132,6 +132,18 @@ def test_isa_is_sound_and_complete_on_small_random_networks(seed, solver):
     assert stable_sets(net, state) == stable_sets(net, reference)
 
 
+@settings(max_examples=16, deadline=None)
+@given(seed=st.integers(0, 100_000), solver=st.sampled_from(["scip", "auto"]))
+def test_feasibility_is_sound_and_complete_on_small_random_networks(seed, solver):
+    net, box = small_case(seed)
+    state, ctx = analyse(net, box, stability_method="feasibility", solver=solver, time_limit=30)
+    entry = ctx.log[-1]
+    assert_proofs_hold(net, state, dense_preactivations(net, box))
+    assert entry["status"] == "complete" and entry["undecided"] == 0, entry["message"]
+    reference, _ = analyse(net, box, stability_method="per-neuron", solver="scip", time_limit=30)
+    assert stable_sets(net, state) == stable_sets(net, reference)
+
+
 def test_isa_with_scip_survives_a_witnessed_indicator_fixed_by_branching():
     """Minimal case: on [0,1]^2, y0 = x1 + x2 - 2 (maximum exactly 0) and y1 = x1 - x2 (unstable).
 
@@ -166,7 +178,8 @@ def test_isa_split_and_per_neuron_agree_neuron_by_neuron(seed):
     net, box = small_case(seed)
     pres = dense_preactivations(net, box)
     results = {}
-    for method, solver in (("isa", "scip"), ("split", "scip"), ("per-neuron", "scip"), ("per-neuron", "gurobi")):
+    for method, solver in (("isa", "scip"), ("split", "scip"), ("per-neuron", "scip"), ("per-neuron", "gurobi"),
+                           ("feasibility", "scip")):
         state, ctx = analyse(net, box, stability_method=method, solver=solver, time_limit=30)
         assert_proofs_hold(net, state, pres)
         assert ctx.log[-1]["undecided"] == 0, (method, solver)
@@ -176,11 +189,16 @@ def test_isa_split_and_per_neuron_agree_neuron_by_neuron(seed):
     assert any(any(layer) for part in first for layer in part)  # they agree on something, not on nothing
 
 
-def test_time_limit_keeps_undecided_neurons_and_claims_nothing_unsound(repo_root):
-    net = read(repo_root / "models" / "digits_3x48_l1.onnx")
-    box = Box(np.zeros(64), np.ones(64))
+@pytest.mark.parametrize("model", ["digits_3x48_l1", "mnist_3x100_l1"])
+def test_time_limit_keeps_undecided_neurons_and_claims_nothing_unsound(repo_root, model):
+    net = read(repo_root / "models" / f"{model}.onnx")
+    box = Box(np.zeros(net.input_size), np.ones(net.input_size))
     pres = dense_preactivations(net, box, 20_000)
-    for method, solver in (("isa", "scip"), ("isa", "auto"), ("per-neuron", "scip"), ("split", "scip")):
+    # feasibility decides all of digits_3x48_l1 in ~15 ms (its batched witness search finds every open
+    # state), so it is tried on the larger network
+    methods = ((("isa", "scip"), ("isa", "auto"), ("per-neuron", "scip"), ("split", "scip"))
+               if model == "digits_3x48_l1" else (("feasibility", "scip"),))
+    for method, solver in methods:
         ctx = Context(box=box, deadline=Deadline(0.01), options={"stability_method": method, "solver": solver})
         new = PassManager().run(net, ["bounds", "milp", "fold"], ctx)
         state = ctx.get(Stability).state(net)
@@ -354,7 +372,7 @@ def test_split_does_not_spin_on_neurons_that_are_identically_zero():
 def test_bad_options_and_missing_domain_are_usage_errors():
     net, box = small_case(0)
     # refused by the options' declarations (in Python the label is the long name)
-    with pytest.raises(UsageError, match="^stability_method 'magic': expected one of auto, isa, split, per-neuron$"):
+    with pytest.raises(UsageError, match="^stability_method 'magic': expected one of auto, feasibility, isa, split, per-neuron$"):
         analyse(net, box, stability_method="magic")
     with pytest.raises(UsageError, match="^solver 'cplex': expected one of auto, scip, gurobi$"):
         analyse(net, box, stability_method="isa", solver="cplex")

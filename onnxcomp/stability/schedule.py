@@ -13,9 +13,16 @@ Methods (``--stability-method``):
   proof) or witnessed.  Strong when the input has few dimensions (ACAS Xu has 5).
 * ``per-neuron``: the baseline of the paper, two MILPs per neuron (max and min of its pre-activation),
   layer by layer, each layer's new exact bounds tightening the next layer's formulation.
+* ``feasibility``: layer by layer, first to last, each open neuron *side* ("does some input reach
+  ``y >= eps``?", "... ``y <= -eps``?") on its own: optimised-slope (alpha-CROWN) bounds, a batched
+  gradient search for witnesses, then per side a ReLU branch and bound (LP per piece, proofs checked
+  through the LP duals) or a feasibility MILP of the layers before it, each side an independent unit of
+  work for the ``--jobs`` workers; what one layer proves tightens the bounds of the next
+  (``feasibility.settle``).  ISA's one MILP over the whole network stalls on networks of 4-9 layers of
+  200-256 neurons (its objective couples every open neuron); per-side problems stay small.
 * ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
-  then ``isa`` on what is left (half the remaining time), then ``split`` goes on from its unfinished
-  pieces with the rest; for larger inputs, ``isa``.
+  then ``feasibility`` on what is left (half the remaining time), then ``split`` goes on from its
+  unfinished pieces with the rest; for larger inputs, ``feasibility``.
 
 Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
 (``state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
@@ -38,14 +45,19 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .common import ProofSetup
 from .isa import isa
 from .per_neuron import per_neuron
 from .split import split
 from .state import Findings, StabilityState, merge
 
-METHODS = ("auto", "isa", "split", "per-neuron")
+METHODS = ("auto", "feasibility", "isa", "split", "per-neuron")
 """Values of ``--stability-method``."""
+PROOF_KINDS = {"alpha": "alpha", "bab": "bab", "bab-epsilon": "bab-epsilon", "milp-infeasible": "milp",
+               "bounds-epsilon": "bounds-epsilon", "bounds": "bounds", "lp": "lp"}
+"""Certificate kinds of ``feasibility.settle`` -> proof names in the report and the certificate."""
 SPLIT_MAX_DIMS = 8
 """``auto`` splits the input box when it has at most this many dimensions."""
 SPLIT_FIRST_SECONDS = 30.0
@@ -56,6 +68,41 @@ def open_count(setup: ProofSetup, state: StabilityState) -> int:
     net = setup.net
     return sum(int((state.need_active_witness(k) | state.need_inactive_witness(k)).sum())
                for k in range(setup.n_layers) if net.layers[k].is_relu)
+
+
+def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+    """Per open neuron side, layer by layer: optimised-slope bounds, a batched witness search, then branch
+    and bound on the ReLU states (``bab``) or a feasibility MILP per side ("is there an input with
+    ``y >= eps``?"), each side an independent unit on the worker pool; bounds proven for a layer tighten
+    the problems of the next (``onnxcomp.feasibility.settle``)."""
+    from .feasibility import settle
+
+    net, n_layers = setup.net, setup.n_layers
+    workers = setup.workers
+    solver = setup.solver if setup.solver in ("scip", "highs") else "scip"
+    st = settle(net, setup.lo, setup.hi, time_limit=time_limit, solver=solver,
+                seen_active=[np.asarray(a, bool) for a in state.seen_active],
+                seen_inactive=[np.asarray(a, bool) for a in state.seen_inactive],
+                known=(state.proven_inactive, state.proven_active, state.epsilon),
+                parallel=workers.size if workers is not None else 1,
+                map_fn=workers.map if workers is not None else None)
+    fp = net.fingerprint()
+    parts = []
+    for kind in sorted({str(c) for layer in st.certificate for c in layer if c and c != "known"}):
+        mask = [np.asarray(c == kind) for c in st.certificate]
+        parts.append(Findings(source=PROOF_KINDS.get(kind, kind), fingerprint=fp,
+                              proven_inactive=[m & a for m, a in zip(mask, st.stably_inactive)],
+                              proven_active=[m & a & ~i for m, a, i in zip(mask, st.stably_active, st.stably_inactive)],
+                              epsilon=[np.where(m, e, 0.0) for m, e in zip(mask, st.epsilon)]))
+    stages: dict = {}
+    for stage in st.stages:
+        stages[stage["stage"]] = round(stages.get(stage["stage"], 0.0) + stage["seconds"], 3)
+    undecided = sum(int(u.sum()) for u in st.undecided[:n_layers])
+    used_milp = any(name.startswith("milp") for name in stages)
+    entry.update({"feasibility_stages": stages, "feasibility_sides": len(st.sides), "solver": solver if used_milp else None,
+                  "status": "complete" if not undecided else "timelimit", "feasibility_conflicts": len(st.conflicts)})
+    return Findings(source="feasibility", seen_active=st.seen_active, seen_inactive=st.seen_inactive,
+                    fingerprint=fp, parts=parts, details={"stages": stages})
 
 
 def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tuple[Findings, dict]:
@@ -85,15 +132,17 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
         state = record(split(setup, state, time_limit, entry, workers=setup.workers))
     elif method == "per-neuron":
         state = record(per_neuron(setup, state, time_limit, entry))
-    elif method == "isa" or not low_dim:
+    elif method == "isa":
         state = record(isa(setup, known, max(time_limit, 0.01), entry))
+    elif method == "feasibility" or not low_dim:
+        state = record(feasibility(setup, state, time_limit, entry))
     else:
-        # auto on a low-dimensional input: a short split (often all it takes), then ISA on what is left
-        # with half the remaining time, then the split goes on (from its unfinished pieces) with the rest.
+        # auto on a low-dimensional input: a short split (often all it takes), then the per-side proofs on
+        # what is left with half the remaining time, then the split goes on (from its unfinished pieces).
         first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
         state = record(first_split)
         if open_count(setup, state):
-            state = record(isa(setup, known, max((time_limit - elapsed()) / 2, 0.01), entry))
+            state = record(feasibility(setup, state, max((time_limit - elapsed()) / 2, 0.01), entry))
         if open_count(setup, state) and time_limit - elapsed() > 0.5:
             first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
             state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume,
@@ -107,6 +156,8 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     if "split_boxes" in entry:
         how.append(f"split: {entry['split_boxes']} pieces, {entry['split_leaf_milps']} piece MILPs, "
                    + ("complete" if entry["split_complete"] else "time limit"))
+    if "feasibility_stages" in entry:
+        how.append("per-side proofs: " + ", ".join(entry["feasibility_stages"]))
     if entry.get("solver"):
         how.append(f"{entry['solver']}: {entry.get('status')}")
     elif entry.get("status"):

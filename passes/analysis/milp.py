@@ -18,10 +18,11 @@ DEFAULT_SECONDS = 600.0
 
 @dataclass(frozen=True)
 class MilpOptions:
-    stability_method: str = option("auto", "how the remaining neurons are proven: auto, isa (one MILP), split (input "
-                                   "branch and bound) or per-neuron (the baseline)", choices=METHODS)
+    stability_method: str = option("auto", "how the remaining neurons are proven: auto, feasibility (per neuron side, "
+                                   "layer by layer), isa (one MILP), split (input branch and bound) or per-neuron "
+                                   "(the baseline)", choices=METHODS)
     solver: str = option("auto", "MILP solver: auto (Gurobi if its licence admits the model, else SCIP), scip or "
-                         "gurobi", choices=SOLVERS)
+                         "gurobi; feasibility's per-side MILPs use SCIP", choices=SOLVERS)
     threads: int | None = option(None, "solver threads (Gurobi; SCIP runs single-threaded)", min=1)
     split_batch: int = option(128, "input split: pieces bounded together in one batch", min=1)
     split_leaf_binaries: int = option(24, "input split: a piece with at most this many unstable neurons gets a MILP",
@@ -33,7 +34,8 @@ class MilpOptions:
 
 @register("milp", kind=ANALYSIS, options=MilpOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
           uses=(ActivationStats,), provides=(Stability,),
-          summary="prove the remaining neurons stable with one MILP (ISA; or input splitting / per-neuron MILPs)",
+          summary="prove the remaining neurons stable (per-side proofs layer by layer, input splitting, ISA's one MILP, "
+                  "or per-neuron MILPs)",
           paper="ISA Algorithm 1, formulation (7)-(12)")
 def run(net, ctx, opts: MilpOptions) -> PassResult:
     bounds = ctx.get(DomainBounds)

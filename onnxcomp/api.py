@@ -83,6 +83,8 @@ class VerifySettings:
     formal: bool = option(False, "also certify max |difference| over the domain box")
     time_limit: float = option(60.0, "seconds for --formal (the bound stays valid, only looser)", gt=0.0)
     solver: str = option("auto", "MILP solver for --formal: auto, scip or gurobi", choices=SOLVERS)
+    jobs: int | None = option(None, "worker processes for --formal's independent proofs (default: all cores)", min=1)
+    cluster: str | None = option(None, "run --formal's proofs on a Ray cluster: auto or HOST:PORT")
 
 
 RUN_KEYS = {s.name for s in specs(RunSettings)}
@@ -366,8 +368,10 @@ def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.Model
     report = Report(command="verify", input=ref_name, output=cand_name)
     report.domain = domain_summary(box)
     if s.formal:
-        report.formal = _formal_check(ref, cand, ref_name, cand_name, box, s.atol, s.rtol, s.time_limit, s.solver,
-                                      result.output_scale)
+        from .workers import Workers
+
+        with Workers(s.jobs, s.cluster) as workers:
+            report.formal = _formal_check(ref, cand, ref_name, cand_name, box, s, result.output_scale, workers)
         if not report.formal["passed"]:
             result.passed = False
             result.reason = (result.reason + "; " if result.reason else "") + report.formal["verdict"]
@@ -377,15 +381,20 @@ def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.Model
     return result
 
 
-def _formal_check(ref, cand, ref_name, cand_name, box, atol: float, rtol: float, time_limit: float, solver: str,
-                  scale: float) -> dict:
+def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale: float, workers) -> dict:
     """Certified bound on max |ref - cand| over the box, on the dense chains of both models; the tolerance
-    is the sampled verification's (``atol + rtol * scale``, scale = max |ref output| on the samples)."""
-    from .formal import max_difference
+    is the sampled verification's (``atol + rtol * scale``, scale = max |ref output| on the samples).
+
+    A candidate onnxcomp wrote carries a certificate: it is replayed first (``onnxcomp.replay``); without
+    one, or when replay does not certify, differential bounds, input splitting and MILPs
+    (``onnxcomp.formal``) get the time left."""
+    from .formal import FormalResult, max_difference
     from .reader import has_prefix
+    from .replay import replay
 
     if box is None:
         raise UsageError("--formal needs a domain box (--domain, or one recorded in the candidate's metadata)")
+    deadline = Deadline(s.time_limit)
     nets = []
     for model, name in ((ref, ref_name), (cand, cand_name)):
         net = lower(model, source=name)
@@ -398,18 +407,34 @@ def _formal_check(ref, cand, ref_name, cand_name, box, atol: float, rtol: float,
                          f"({nets[0].onnx.suffix_ops} vs {nets[1].onnx.suffix_ops})")
     if nets[0].input_size != nets[1].input_size or nets[0].output_size != nets[1].output_size:
         raise InputError(f"{cand_name}: its dense chain has a different input or output size than {ref_name}'s")
-    tol = atol + rtol * scale
-    res = max_difference(nets[0], nets[1], box, time_limit=time_limit, solver=solver, tolerance=tol)
+    tol = s.atol + s.rtol * scale
+    replayed = None
+    raw = {p.key: p.value for p in cand.metadata_props}.get(META_PREFIX + certificate.META_KEY)
+    if raw:
+        try:
+            cert = certificate.decode(raw, f"{cand_name}: certificate")
+        except InputError as exc:
+            replayed = {"certified": False, "reason": str(exc)}
+        else:
+            dtype = np.dtype(nets[1].onnx.np_dtype).name
+            rep = replay(nets[0], nets[1], box, cert, deadline=deadline.share(0.9), workers=workers,
+                         candidate_dtype=dtype, tolerance=tol)
+            replayed = rep.to_dict()
+            if rep.certified and rep.bound <= tol:
+                how = "certificate replay" + (f" + {rep.difference_method}" if rep.bound == rep.difference_bound else "")
+                res = FormalResult(rep.bound, 0.0, [], True, "highs", rep.seconds, scale, how)
+    if replayed is None or not (replayed.get("certified") and replayed.get("bound", np.inf) <= tol):
+        res = max_difference(nets[0], nets[1], box, solver=s.solver, tolerance=tol, workers=workers, deadline=deadline)
     passed = res.certified_max_abs_diff <= tol
     if passed:
-        verdict = f"certified max |diff| {res.certified_max_abs_diff:.3g} <= tolerance {tol:.3g}"
+        verdict = f"certified max |diff| {res.certified_max_abs_diff:.3g} <= tolerance {tol:.3g} ({res.method})"
     elif res.found_max_abs_diff > tol:
         verdict = f"a difference of {res.found_max_abs_diff:.3g} > tolerance {tol:.3g} exists (input in the report)"
     else:
         verdict = (f"inconclusive: certified bound {res.certified_max_abs_diff:.3g} > tolerance {tol:.3g}"
-                   + ("" if res.complete else " (solver time limit)"))
+                   + ("" if res.complete else " (time limit)"))
     out = res.to_dict()
-    out.update({"passed": passed, "tolerance": tol, "verdict": verdict,
+    out.update({"passed": passed, "tolerance": tol, "verdict": verdict, "replay": replayed,
                 "compared": "dense chains" + (f" (identical ops after them: {', '.join(nets[0].onnx.suffix_ops)})"
                                               if nets[0].onnx.suffix_ops else "")})
     return out

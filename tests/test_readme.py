@@ -3,6 +3,8 @@
 Shell blocks are executed line by line in a scratch folder that sees the repository's ``models/``;
 ``onnxcomp`` runs as ``python -m onnxcomp`` of this interpreter.  ``make`` targets are checked with a dry
 run (``make -n``), except that the part after ``make install &&`` in the first command is run for real.
+A ``toml`` block whose first line is ``# FILE`` is written to that file first, and ``python`` blocks are
+run as scripts, all in the order the README shows them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.slow  # end to end (subprocesses, solvers); `make test-
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+STEPS = re.findall(r"```(sh|toml|python)\n(.*?)```", README, flags=re.S)
 
 
 def commands() -> list[str]:
@@ -69,9 +72,26 @@ def run_line(line: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_every_readme_command_succeeds(scratch):
     lines = commands()
     assert len(lines) >= 12
-    for line in lines:
-        result = run_line(line, scratch)
-        assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    ran = 0
+    for lang, body in STEPS:
+        if lang == "toml":
+            first = body.splitlines()[0]
+            assert first.startswith("# "), f"a toml block names its file on its first line: {first}"
+            (scratch / first[2:].strip()).write_text(body)
+            continue
+        if lang == "python":
+            result = subprocess.run([sys.executable, "-c", body], cwd=scratch, capture_output=True, text=True,
+                                    timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            assert result.returncode == 0, f"{body}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            continue
+        for line in body.splitlines():
+            line = line.split("#", 1)[0].strip() if line.strip().startswith("make") else line.strip()
+            if not line:
+                continue
+            result = run_line(line, scratch)
+            ran += 1
+            assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert ran == len(lines)
     # the tour's claims about its own outputs
     assert (scratch / "digits_small.onnx").exists() and (scratch / "exact.json").exists()
     assert (scratch / "mnist_pruned.onnx").stat().st_size < (ROOT / "models/mnist_2x100_l1.onnx").stat().st_size

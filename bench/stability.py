@@ -35,6 +35,8 @@ same stable sets; on mnist_2x100_l1 ``stable`` in the range of the paper's Gurob
 
 Usage: python bench/stability.py [--quick] [--time-limit S] [--models a,b] [--methods m1,m2] [--jobs N]
                                  [--results FILE.jsonl] [--report-only] [--out bench/out]
+``--scale [...]`` runs the end-to-end scale table instead (``bench/scale.py``: whole-command wall time against
+``--time-limit``, undecided neurons, stage shares, ``--jobs 1`` vs all cores, undecided over time).
 Results accumulate in a JSON-lines file (one line per run), so several invocations (e.g. models run in the
 background) can be reported together with ``--report-only``.
 """
@@ -351,6 +353,11 @@ def report(records: list[dict], out: Path, stem: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scale" in argv:  # the end-to-end scale table (bench/scale.py)
+        import scale
+
+        return scale.main([a for a in argv if a != "--scale"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, 60 s time limit")
     ap.add_argument("--time-limit", type=float, default=None, help="MILP time limit per run (default 300, quick 60)")

@@ -777,8 +777,14 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
             if not exact_bounds[0]:  # bounds that rest on MILP results carry their margin
                 st.epsilon[k][new_in | new_act] = eps[k][new_in | new_act]
 
+    def undecided_now() -> int:
+        return int(sum((~(st.stably_inactive[k] | st.stably_active[k]) & ~(st.seen_active[k] & st.seen_inactive[k])).sum()
+                       for k in hidden))
+
     def stage(name: str, t: float, before: int, after: int, **extra) -> None:
-        stages.append({"stage": name, "seconds": time.monotonic() - t, "open_before": before, "open_after": after, **extra})
+        now = time.monotonic()
+        stages.append({"stage": name, "seconds": now - t, "open_before": before, "open_after": after,
+                       "at": now - t_start, "undecided": undecided_now(), **extra})
 
     # 1. bounds
     t = time.monotonic()

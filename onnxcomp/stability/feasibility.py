@@ -34,6 +34,7 @@ import numpy as np
 
 from ..bounds import Bounds, alpha_crown_bounds, crown_bounds
 from ..ir import Network
+from .falsify import preactivation_gradients
 from .state import EPS_REL, WITNESS_FLOAT64, epsilons  # noqa: F401  (the pipeline's epsilon policy)
 
 ACTIVE, INACTIVE = "active", "inactive"
@@ -617,7 +618,7 @@ def find_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, targets: list, 
             for s in range(steps):
                 if expired():
                     break
-                g = _target_gradients(net, x, k, neurons) * direction[:, None]
+                g = preactivation_gradients(net, x, k, neurons)[1] * direction[:, None]
                 x = np.clip(x + step * width * np.sign(g), lo, hi)
                 step *= 0.85
                 if s % 5 == 4 or s == steps - 1:
@@ -633,21 +634,6 @@ def _start_point(net: Network, t: tuple, lo, hi, coef, starts, rng, round_: int)
         a = coef[k][0, i] if side == ACTIVE else coef[k][0, net.layers[k].n_out + i]
         return np.where(a > 0, hi, lo).astype(np.float64)
     return rng.uniform(lo, hi)
-
-
-def _target_gradients(net: Network, x: np.ndarray, layer: int, neurons: np.ndarray) -> np.ndarray:
-    """Gradient of ``y_{layer, neurons[r]}`` with respect to the input at row ``r`` of ``x``."""
-    h = x
-    masks = []
-    for k in range(layer):
-        y = net.layers[k].preactivation(h)
-        mask = (y > 0) if net.layers[k].is_relu else np.ones_like(y, dtype=bool)
-        masks.append(mask)
-        h = np.where(mask, y, 0.0)
-    grad = net.layers[layer].weight[neurons].copy()
-    for k in range(layer - 1, -1, -1):
-        grad = (grad * masks[k]) @ net.layers[k].weight
-    return grad
 
 
 # ---- the driver -------------------------------------------------------------------------------------

@@ -223,3 +223,22 @@ def test_find_witnesses_returns_real_witnesses():
         assert np.all(x >= lo) and np.all(x <= hi)
         y = net.forward(x[None, :], preactivations=True)[1][k][0, i]
         assert (y > floor[k][i]) if side == F.ACTIVE else (y < -floor[k][i])
+
+
+@pytest.mark.parametrize("method", ["bab", "milp"])
+def test_settle_on_a_worker_pool_reaches_the_same_verdicts_as_serially(method):
+    """Sides solved two at a time in worker processes (waves of two units) settle the same neurons the same
+    way as one by one in this process."""
+    from onnxcomp.workers import Workers
+
+    net, lo, hi, _ = hard_case()
+    kw = dict(time_limit=60, schedule=((method, 5.0, 5.0),), second_round=False, chunk=1, witness_seconds=0.5)
+    serial = F.settle(net, lo, hi, **kw)
+    with Workers(jobs=2) as workers:
+        pooled = F.settle(net, lo, hi, parallel=workers.size, map_fn=workers.map, **kw)
+    assert serial.counts()["undecided"] == pooled.counts()["undecided"] == 0
+    assert len(serial.sides) >= 2 and len(pooled.sides) >= 2, "the solvers had work to do"
+    for k in range(len(net.layers) - 1):
+        np.testing.assert_array_equal(serial.stably_inactive[k], pooled.stably_inactive[k])
+        np.testing.assert_array_equal(serial.stably_active[k], pooled.stably_active[k])
+    check_settlement(net, lo, hi, pooled, np.random.default_rng(0))

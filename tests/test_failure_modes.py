@@ -95,7 +95,7 @@ def test_size_limited_gurobi_licence_falls_back_to_scip_with_a_note(tmp_path):
     usable, limit, _ = licence()
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     code, stdout, stderr = onnxcomp("run", MNIST_200, "-p", "bounds,milp", "--domain", "0:1", "--solver", "gurobi",
-                                    "--time-limit", "2", "-o", out, "--report", report, "--samples", "300",
+                                    "--stability-method", "isa", "--time-limit", "2", "-o", out, "--report", report, "--samples", "300",
                                     "--corners", "16")
     assert code == 0, stderr
     r = json.loads(report.read_text())

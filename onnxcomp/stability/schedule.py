@@ -80,6 +80,9 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     net, n_layers = setup.net, setup.n_layers
     workers = setup.workers
     solver = setup.solver if setup.solver in ("scip", "highs") else "scip"
+    if setup.solver == "gurobi":
+        setup.warnings.append("--solver gurobi: the per-side proofs (stability method feasibility, auto's choice) "
+                              "solve their MILPs with SCIP; Gurobi is used by --stability-method isa and per-neuron")
     st = settle(net, setup.lo, setup.hi, time_limit=time_limit, solver=solver,
                 seen_active=[np.asarray(a, bool) for a in state.seen_active],
                 seen_inactive=[np.asarray(a, bool) for a in state.seen_inactive],

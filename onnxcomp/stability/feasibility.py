@@ -681,7 +681,7 @@ SCHEDULES = {
     "high-dim": ((("bab", 1.0, 10.0),), ("bab", 30.0)),
     "low-dim": ((("milp", 1.0, 10.0), ("bab", 1.0, 10.0)), ("milp", 30.0)),
 }
-"""``auto`` picks by input size.  Measured (bench/scale_proto.py): on 784-input networks the ReLU branch and
+"""``auto`` picks by input size.  Measured (bench/levers.py): on 784-input networks the ReLU branch and
 bound proves most sides in well under a second and SCIP proves none of those it leaves within 5 s
 (mnist_4x256 eps 0.03: 0 of 48); on 2-input TLL networks the branch and bound proves none of the deep
 sides in 2 s while SCIP proves them in 0.1-1.4 s."""

@@ -135,11 +135,25 @@ def _check_fn(fn: Callable) -> None:
 
 
 @contextmanager
-def _single_threaded_env():
+def _single_threaded_env(hide_main: bool = True):
     """Child processes started inside this block inherit one-thread settings (they must be in the
-    environment before numpy or onnxruntime load, which is before any initializer could set them)."""
+    environment before numpy or onnxruntime load, which is before any initializer could set them), and
+    do not re-import the caller's ``__main__``.
+
+    multiprocessing (spawn and forkserver) runs the main script again in every new worker, as
+    ``__mp_main__``; in a build script without an ``if __name__ == "__main__":`` guard that re-runs the
+    whole script (a second compression, writes) inside each worker and breaks the pool.  Our units are
+    functions of importable modules (onnxcomp, passes, plugins), so workers need nothing from the
+    script: while they start, ``__main__`` shows neither ``__file__`` nor ``__spec__``, which is what
+    multiprocessing reads to find it.  ``hide_main=False`` (units defined in the script itself, which then
+    needs the guard as Python requires) leaves it visible."""
     saved = {k: os.environ.get(k) for k in THREAD_VARS}
     os.environ.update({k: "1" for k in THREAD_VARS})
+    main = sys.modules.get("__main__")
+    hidden = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__")
+              if hide_main and main is not None and k in main.__dict__}
+    if main is not None and hidden:
+        main.__spec__ = None
     try:
         yield
     finally:
@@ -148,6 +162,9 @@ def _single_threaded_env():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if main is not None and hidden:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(hidden)
 
 
 def _die_with_parent() -> None:
@@ -235,6 +252,7 @@ class Workers:
         self.cluster = _check_cluster(cluster)
         self.jobs = jobs
         self._executor: ProcessPoolExecutor | None = None
+        self._hides_main = True
         self._ray = None  # the ray module once connected
         self._ray_call = None
         self._owns_ray = False
@@ -306,20 +324,22 @@ class Workers:
             yield result
 
     # -- local pool
-    def _pool(self) -> ProcessPoolExecutor:
+    def _pool(self, hide_main: bool = True) -> ProcessPoolExecutor:
+        if self._executor is not None and self._hides_main != hide_main:
+            self._kill_pool()  # its workers were started seeing (or not seeing) the caller's __main__
         if self._executor is None:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             if ctx.get_start_method() == "forkserver":
                 ctx.set_forkserver_preload(PRELOAD)  # takes effect when the server starts (once per process)
-            with _single_threaded_env():
+            with _single_threaded_env(hide_main):
                 ex = ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker)
                 try:  # start the forkserver (or first worker) now, while the environment is set
                     ex.submit(_noop).result()
                 except BaseException:
                     ex.shutdown(wait=False, cancel_futures=True)
                     raise
-            self._executor = ex
+            self._executor, self._hides_main = ex, hide_main
         return self._executor
 
     def _kill_pool(self) -> None:
@@ -341,8 +361,9 @@ class Workers:
         n = len(items)
         futures: list[Future] = []
         try:
-            ex = self._pool()
-            with _single_threaded_env():  # submit may start a worker (spawn: from this environment)
+            hide_main = getattr(fn, "__module__", None) != "__main__"
+            ex = self._pool(hide_main)
+            with _single_threaded_env(hide_main):  # submit may start a worker (spawn: from this environment)
                 futures = [ex.submit(fn, item) for item in items]
             for i, fut in enumerate(futures):
                 try:

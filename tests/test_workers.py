@@ -94,6 +94,30 @@ def test_pool_runs_elsewhere_single_threaded_and_is_reused():
     assert not in_worker()
 
 
+def test_a_script_without_a_main_guard_runs_once_and_its_pool_works(tmp_path):
+    """Workers must not re-run the caller's script: multiprocessing would import it again in every
+    worker, and an unguarded build script would compress twice and break the pool."""
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "build.py"
+    script.write_text(textwrap.dedent(f"""
+        import json
+        import os
+        from onnxcomp.workers import Workers
+        with open({str(marker)!r}, "a") as fh:
+            fh.write("top level\\n")
+        with Workers(jobs=2) as workers:
+            out = workers.map(abs, range(-6, 0))
+            threads = workers.map(os.getenv, ["OMP_NUM_THREADS"] * 4)  # "1" only in a worker process
+        print(json.dumps([out, threads, os.getenv("OMP_NUM_THREADS")]))
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out, threads, here = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == [6, 5, 4, 3, 2, 1] and threads == ["1"] * 4 and here is None  # it ran on the pool
+    assert marker.read_text().splitlines() == ["top level"], "the script ran again in a worker"
+
+
 def test_inline_runs_in_this_process_without_a_pool():
     with Workers(jobs=1) as workers:
         assert {pid for pid, _, _ in workers.map(whoami, range(3))} == {os.getpid()}

@@ -104,3 +104,24 @@ def test_cli_formal_passes_an_equivalent_pair_and_fails_a_changed_one(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "onnxcomp", "verify", str(a), str(c), "--domain", "-1:1", "--formal"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "exists" in bad.stdout
+
+
+@pytest.mark.parametrize("n_in", [4, 12])  # input split (<= 8 inputs) and per-output MILPs (more)
+def test_the_time_limit_holds_and_an_unfinished_search_certifies_nothing_false(n_in):
+    """A copy with every weight perturbed, checked at a tolerance just above the largest difference sampling
+    finds: the search cannot settle that in 2 s; it stops near the limit, says it did not complete, and
+    its bound still covers every sampled difference."""
+    import time
+
+    rng = np.random.default_rng(n_in)
+    a = random_net(rng, n_in, [40, 40, 40], 3)
+    b = a.with_layers(tuple(Dense(l.weight * (1 + 1e-3 * rng.normal(size=l.weight.shape)), l.bias, l.activation)
+                            for l in a.layers))
+    box = Box(-np.ones(n_in), np.ones(n_in))
+    sampled = sampled_max_diff(a, b, box)
+    t0 = time.monotonic()
+    res = max_difference(a, b, box, time_limit=2.0, tolerance=1.05 * sampled)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.0 + 10.0, elapsed  # the limit, plus the slack of stopping a solver and a leaf batch
+    assert not res.complete, res
+    assert res.certified_max_abs_diff >= max(sampled, res.found_max_abs_diff)

@@ -10,6 +10,9 @@ without onnxcomp's metadata (a re-export: no certificate, differential bounds al
 exact output whose difference is known (an output bias shifted by 1e-3, one output weight x1.01, measured
 on samples), checked at a tolerance a tenth of that difference.
 
+Anchor: VeryDiff (Teuber et al.) reports a median speedup of more than 300x over alpha,beta-CROWN on the
+equivalence of pruned networks; its benchmark networks are not among ours, so no row compares the two.
+
 Usage: python bench/formal.py [--quick] [--time-limit 60]
 """
 

@@ -242,3 +242,15 @@ def test_settle_on_a_worker_pool_reaches_the_same_verdicts_as_serially(method):
         np.testing.assert_array_equal(serial.stably_inactive[k], pooled.stably_inactive[k])
         np.testing.assert_array_equal(serial.stably_active[k], pooled.stably_active[k])
     check_settlement(net, lo, hi, pooled, np.random.default_rng(0))
+
+
+def test_stage_trace_counts_undecided_neurons_of_the_whole_network():
+    """Each stage records the undecided neurons of all layers after it (the bench plots them over time):
+    never rising without a conflict, and the last one is the settlement's count."""
+    net, lo, hi, _ = hard_case()
+    st_ = F.settle(net, lo, hi, time_limit=30, witness_seconds=0.5)
+    trace = [s["undecided_neurons"] for s in st_.stages]
+    times = [s["at"] for s in st_.stages]
+    assert times == sorted(times)
+    assert not st_.conflicts and trace == sorted(trace, reverse=True), trace
+    assert trace[-1] == st_.counts()["undecided"]

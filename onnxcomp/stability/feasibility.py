@@ -770,7 +770,7 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
     def stage(name: str, t: float, before: int, after: int, **extra) -> None:
         now = time.monotonic()
         stages.append({"stage": name, "seconds": now - t, "open_before": before, "open_after": after,
-                       "at": now - t_start, "undecided": undecided_now(), **extra})
+                       "at": now - t_start, **extra, "undecided_neurons": undecided_now()})
 
     # 1. bounds
     t = time.monotonic()

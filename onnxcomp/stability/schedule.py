@@ -101,7 +101,7 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     for stage in st.stages:
         stages[stage["stage"]] = round(stages.get(stage["stage"], 0.0) + stage["seconds"], 3)
     undecided = sum(int(u.sum()) for u in st.undecided[:n_layers])
-    progress = [[round(x["at"], 2), x["undecided"]] for x in st.stages]
+    progress = [[round(x["at"], 2), x["undecided_neurons"]] for x in st.stages]
     used_milp = any(name.startswith("milp") for name in stages)
     entry.update({"feasibility_stages": stages, "feasibility_progress": progress, "feasibility_sides": len(st.sides), "solver": solver if used_milp else None,
                   "status": "complete" if not undecided else "timelimit", "feasibility_conflicts": len(st.conflicts)})

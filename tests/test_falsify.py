@@ -149,3 +149,21 @@ def test_needs_a_domain():
     given = {DomainBounds: domain_bounds(net, Box(np.zeros(6), np.ones(6))), Stability: Stability(net.fingerprint())}
     with pytest.raises(UsageError, match="^pass 'falsify' proves facts over an input domain: give --domain$"):
         PassManager().run(net, ["falsify"], Context(annotations=given))
+
+
+def test_with_a_time_share_the_gradient_search_goes_on_while_rounds_find_witnesses_and_no_longer():
+    """A neuron that no start reaches (stable, but not provable by this search): with a 30 s deadline the
+    search stops after FRUITLESS_ROUNDS rounds that find nothing, long before the deadline; without a
+    deadline it does one round."""
+    from onnxcomp.stability.falsify import FRUITLESS_ROUNDS
+
+    net = l1_ball_net(radius=-0.01)  # r - sum |x_i - c| < 0 everywhere: never active
+    box = Box(np.zeros(6), np.ones(6))
+    annotations = {DomainBounds: domain_bounds(net, box), Stability: Stability(net.fingerprint())}
+    ctx = Context(box=box, deadline=Deadline(30), annotations=annotations)
+    PassManager().run(net, ["falsify"], ctx)
+    entry = ctx.log[-1]
+    assert entry["gradient_rounds"] == FRUITLESS_ROUNDS and not entry["stopped_at_time_limit"]
+    assert not ctx.get(Stability).latest("falsify").seen_active[1][0]
+    _, entry1 = run_falsify(net, box)
+    assert entry1["gradient_rounds"] == 1

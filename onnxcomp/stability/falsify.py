@@ -46,16 +46,21 @@ def preactivation_gradients(net: Network, x: np.ndarray, layer: int, neurons: np
     return value, grad
 
 
+FRUITLESS_ROUNDS = 2
+"""The gradient search stops after this many rounds in a row that witness nothing new."""
+
+
 def pgd_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, layer: int, neurons: np.ndarray, direction: np.ndarray,
                   rng: np.random.Generator, steps: int = 40, restarts: int = 2,
-                  deadline: Deadline | None = None) -> np.ndarray:
+                  deadline: Deadline | None = None, from_centre: bool = True) -> np.ndarray:
     """Projected sign-gradient ascent of ``direction * y`` for each target neuron; returns the best
-    point found per target (rows aligned with ``neurons``), early when ``deadline`` passes."""
+    point found per target (rows aligned with ``neurons``), early when ``deadline`` passes.  The first
+    start is the box centre (``from_centre``) or a random point, the ``restarts`` others random."""
     width = hi - lo
     best_x = np.repeat(((lo + hi) / 2)[None, :], len(neurons), axis=0)
     best_v = np.full(len(neurons), -np.inf)
     for r in range(restarts + 1):
-        x = best_x.copy() if r == 0 else rng.uniform(lo, hi, size=(len(neurons), lo.size))
+        x = best_x.copy() if r == 0 and from_centre else rng.uniform(lo, hi, size=(len(neurons), lo.size))
         step = 0.25
         for _ in range(steps):
             if deadline is not None and deadline.expired():
@@ -100,25 +105,35 @@ def search(net: Network, box: Box, state: StabilityState, eps: list, rng: np.ran
         _observe(net, box.corners(corners, rng), seen_a, seen_i, n_layers, floor)
     after_sampling = open_count()
     stopped = False
-    for k in range(n_layers):
-        if not net.layers[k].is_relu:
-            continue
-        need_a = np.flatnonzero(~seen_a[k] & ~state.proven_inactive[k] & ~state.proven_active[k])
-        need_i = np.flatnonzero(~seen_i[k] & ~state.proven_active[k] & ~state.proven_inactive[k])
-        neurons = np.concatenate([need_a, need_i])
-        direction = np.concatenate([np.ones(need_a.size), -np.ones(need_i.size)])
-        for s in range(0, neurons.size, 512):
-            if deadline.expired():
-                stopped = True
-                break
-            pts = pgd_witnesses(net, box.lo, box.hi, k, neurons[s:s + 512], direction[s:s + 512], rng, steps=pgd_steps,
-                                deadline=deadline)
-            _observe(net, pts, seen_a, seen_i, n_layers, floor)
+    rounds, fruitless = 0, 0
+    # gradient rounds: the first from the box centre, later ones from random starts, for as long as the
+    # time share lasts and a round still finds something (deep layers need many starts)
+    while open_count() and fruitless < FRUITLESS_ROUNDS and not stopped:
+        open_before_round = open_count()
+        for k in range(n_layers):
+            if not net.layers[k].is_relu:
+                continue
+            need_a = np.flatnonzero(~seen_a[k] & ~state.proven_inactive[k] & ~state.proven_active[k])
+            need_i = np.flatnonzero(~seen_i[k] & ~state.proven_active[k] & ~state.proven_inactive[k])
+            neurons = np.concatenate([need_a, need_i])
+            direction = np.concatenate([np.ones(need_a.size), -np.ones(need_i.size)])
+            for s in range(0, neurons.size, 512):
+                if deadline.expired():
+                    stopped = True
+                    break
+                pts = pgd_witnesses(net, box.lo, box.hi, k, neurons[s:s + 512], direction[s:s + 512], rng,
+                                    steps=pgd_steps, deadline=deadline, from_centre=rounds == 0)
+                _observe(net, pts, seen_a, seen_i, n_layers, floor)
+        rounds += 1
+        fruitless = fruitless + 1 if open_count() == open_before_round else 0
+        if not deadline.limited:
+            break  # no time share to fill: one round, as a library caller without a deadline expects
     findings = Findings(source="falsify", seen_active=seen_a, seen_inactive=seen_i, fingerprint=net.fingerprint())
     remaining = open_count()
     facts = {
         "open_before": before, "open_after_sampling": after_sampling, "open_after": remaining,
         "seconds_search": round(time.perf_counter() - start, 4), "stopped_at_time_limit": stopped,
+        "gradient_rounds": rounds,
         "message": f"{before - remaining} of {before} open neuron states witnessed ({after_sampling} left after "
                    f"sampling, {remaining} after gradient search" + (", stopped at its time share" if stopped else "")
                    + ")",

@@ -74,7 +74,7 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     """Per open neuron side, layer by layer: optimised-slope bounds, a batched witness search, then branch
     and bound on the ReLU states (``bab``) or a feasibility MILP per side ("is there an input with
     ``y >= eps``?"), each side an independent unit on the worker pool; bounds proven for a layer tighten
-    the problems of the next (``onnxcomp.feasibility.settle``)."""
+    the problems of the next (``feasibility.settle``)."""
     from .feasibility import settle
 
     net, n_layers = setup.net, setup.n_layers
@@ -103,8 +103,9 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     undecided = sum(int(u.sum()) for u in st.undecided[:n_layers])
     progress = [[round(x["at"], 2), x["undecided_neurons"]] for x in st.stages]
     used_milp = any(name.startswith("milp") for name in stages)
-    entry.update({"feasibility_stages": stages, "feasibility_progress": progress, "feasibility_sides": len(st.sides), "solver": solver if used_milp else None,
-                  "status": "complete" if not undecided else "timelimit", "feasibility_conflicts": len(st.conflicts)})
+    entry.update({"feasibility_stages": stages, "feasibility_progress": progress, "feasibility_sides": len(st.sides),
+                  "feasibility_conflicts": len(st.conflicts), "solver": solver if used_milp else None,
+                  "status": "complete" if not undecided else "timelimit"})
     return Findings(source="feasibility", seen_active=st.seen_active, seen_inactive=st.seen_inactive,
                     fingerprint=fp, parts=parts, details={"stages": stages})
 

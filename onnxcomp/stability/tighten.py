@@ -41,6 +41,19 @@ def _sides(neurons) -> dict:
     return {int(i): ["active", "inactive"] for i in neurons}
 
 
+def _each_side(prob, milp, sides: dict, deadline: float | None):
+    """Set the objective of each (neuron, side) in turn (max for ``active``, min for ``inactive``) and
+    yield ``(neuron, maximize, column)``; stops at the deadline."""
+    for i, which in sides.items():
+        for side in which:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            maximize = side == "active"
+            col = milp.targets[i]
+            prob.set_objective({col: 1.0}, maximize)
+            yield i, maximize, col
+
+
 def lp_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, lower: list, upper: list, layer: int, neurons, *,
               deadline: float | None = None, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rigorous LP-relaxation bounds of the pre-activations of ``neurons`` of ``layer`` (see the module
@@ -60,23 +73,17 @@ def lp_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, lower: list, upper: 
     prob = HighsProblem(milp, {"solver": "simplex"})
     n_lp = 0
     t0 = time.perf_counter()
-    for i, which in sides.items():
-        for side in which:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            maximize = side == "active"
-            col = milp.targets[i]
-            prob.set_objective({col: 1.0}, maximize)
-            remaining = 1e6 if deadline is None else deadline - time.monotonic()
-            out = prob.solve(max(remaining, 0.01))
-            n_lp += 1
-            if out.status not in ("optimal", "time limit", "iteration limit", "interrupted"):
-                continue
-            b = prob.lp_dual_bound({col: 1.0}, maximize)
-            if maximize and np.isfinite(b):
-                up[i] = min(up[i], b)
-            elif not maximize and np.isfinite(b):
-                low[i] = max(low[i], b)
+    for i, maximize, col in _each_side(prob, milp, sides, deadline):
+        remaining = 1e6 if deadline is None else deadline - time.monotonic()
+        out = prob.solve(max(remaining, 0.01))
+        n_lp += 1
+        if out.status not in ("optimal", "time limit", "iteration limit", "interrupted"):
+            continue
+        b = prob.lp_dual_bound({col: 1.0}, maximize)
+        if maximize and np.isfinite(b):
+            up[i] = min(up[i], b)
+        elif not maximize and np.isfinite(b):
+            low[i] = max(low[i], b)
     if stats is not None:
         stats["lps"] = stats.get("lps", 0) + n_lp
         stats["lp_seconds"] = stats.get("lp_seconds", 0.0) + time.perf_counter() - t0
@@ -108,27 +115,21 @@ def milp_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, lower: list, upper
         prob = ScipProblem(milp)
     t0 = time.perf_counter()
     n = 0
-    for i, which in sides.items():
-        for side in which:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            maximize = side == "active"
-            col = milp.targets[i]
-            prob.set_objective({col: 1.0}, maximize)
-            limit = time_limit if deadline is None else min(time_limit, deadline - time.monotonic())
-            try:
-                out = prob.solve(max(limit, 0.01))
-            except Exception:  # noqa: BLE001 - a failed solve tightens nothing
-                continue
-            n += 1
-            candidates.extend(out.candidates)
-            if out.dual_bound is None:
-                continue
-            e = float(eps[i])
-            if maximize:
-                up[i] = min(up[i], out.dual_bound + e)
-            else:
-                low[i] = max(low[i], out.dual_bound - e)
+    for i, maximize, _ in _each_side(prob, milp, sides, deadline):
+        limit = time_limit if deadline is None else min(time_limit, deadline - time.monotonic())
+        try:
+            out = prob.solve(max(limit, 0.01))
+        except Exception:  # noqa: BLE001 - a failed solve tightens nothing
+            continue
+        n += 1
+        candidates.extend(out.candidates)
+        if out.dual_bound is None:
+            continue
+        e = float(eps[i])
+        if maximize:
+            up[i] = min(up[i], out.dual_bound + e)
+        else:
+            low[i] = max(low[i], out.dual_bound - e)
     if stats is not None:
         stats["milps"] = stats.get("milps", 0) + n
         stats["milp_seconds"] = stats.get("milp_seconds", 0.0) + time.perf_counter() - t0

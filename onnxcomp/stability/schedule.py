@@ -22,7 +22,8 @@ Methods (``--stability-method``):
   200-256 neurons (its objective couples every open neuron); per-side problems stay small.
 * ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
   then ``feasibility`` on what is left (half the remaining time), then ``split`` goes on from its
-  unfinished pieces with the rest; for larger inputs, ``feasibility``.
+  unfinished pieces with the rest, and ``feasibility`` again with whatever time the split leaves; for
+  larger inputs, ``feasibility``.
 
 Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
 (``state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
@@ -70,11 +71,13 @@ def open_count(setup: ProofSetup, state: StabilityState) -> int:
                for k in range(setup.n_layers) if net.layers[k].is_relu)
 
 
-def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, entry: dict) -> Findings:
+def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, entry: dict,
+                offset: float = 0.0) -> Findings:
     """Per open neuron side, layer by layer: optimised-slope bounds, a batched witness search, then branch
     and bound on the ReLU states (``bab``) or a feasibility MILP per side ("is there an input with
     ``y >= eps``?"), each side an independent unit on the worker pool; bounds proven for a layer tighten
-    the problems of the next (``feasibility.settle``)."""
+    the problems of the next (``feasibility.settle``).  A second call adds to the entry's stage times and
+    trace; ``offset``: seconds the proofs had run before this call (the trace's time origin)."""
     from .feasibility import settle
 
     net, n_layers = setup.net, setup.n_layers
@@ -97,15 +100,17 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
                               proven_inactive=[m & a for m, a in zip(mask, st.stably_inactive)],
                               proven_active=[m & a & ~i for m, a, i in zip(mask, st.stably_active, st.stably_inactive)],
                               epsilon=[np.where(m, e, 0.0) for m, e in zip(mask, st.epsilon)]))
-    stages: dict = {}
+    stages: dict = dict(entry.get("feasibility_stages", {}))
     for stage in st.stages:
         stages[stage["stage"]] = round(stages.get(stage["stage"], 0.0) + stage["seconds"], 3)
     undecided = sum(int(u.sum()) for u in st.undecided[:n_layers])
-    progress = [[round(x["at"], 2), x["undecided_neurons"]] for x in st.stages]
+    progress = entry.get("feasibility_progress", []) + [[round(offset + x["at"], 2), x["undecided_neurons"]]
+                                                         for x in st.stages]
     used_milp = any(name.startswith("milp") for name in stages)
-    entry.update({"feasibility_stages": stages, "feasibility_progress": progress, "feasibility_sides": len(st.sides),
-                  "feasibility_conflicts": len(st.conflicts), "solver": solver if used_milp else None,
-                  "status": "complete" if not undecided else "timelimit"})
+    entry.update({"feasibility_stages": stages, "feasibility_progress": progress,
+                  "feasibility_sides": entry.get("feasibility_sides", 0) + len(st.sides),
+                  "feasibility_conflicts": entry.get("feasibility_conflicts", 0) + len(st.conflicts),
+                  "solver": solver if used_milp else None, "status": "complete" if not undecided else "timelimit"})
     return Findings(source="feasibility", seen_active=st.seen_active, seen_inactive=st.seen_inactive,
                     fingerprint=fp, parts=parts, details={"stages": stages})
 
@@ -147,13 +152,17 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
         first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
         state = record(first_split)
         if open_count(setup, state):
-            state = record(feasibility(setup, state, max((time_limit - elapsed()) / 2, 0.01), entry))
+            state = record(feasibility(setup, state, max((time_limit - elapsed()) / 2, 0.01), entry, elapsed()))
         if open_count(setup, state) and time_limit - elapsed() > 0.5:
             first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
             state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume,
                                  workers=setup.workers))
             for k, v in first.items():
                 entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
+        if open_count(setup, state) and time_limit - elapsed() > 1.0:
+            # the split ended early (its open pieces were closed by leaf MILPs that did not settle every
+            # neuron): the per-side proofs get the rest, starting from everything known now
+            state = record(feasibility(setup, state, time_limit - elapsed(), entry, elapsed()))
     counts = state.counts(net)
     entry.update(counts)
     entry["seconds_total"] = round(elapsed(), 3)

@@ -113,9 +113,7 @@ def child(case: str, strategy: str, time_limit: float, workers: int) -> dict:
     per_stage: dict = {}
     for s in st.stages:
         name = s["stage"].split("-")[0] if s["stage"].startswith("milp") else s["stage"]
-        name = {"crown": "bounds", "alpha": "bounds", "alpha": "bounds"}.get(name, name)
-        if name == "alpha-refresh":
-            name = "bounds"
+        name = {"crown": "bounds", "alpha": "bounds", "alpha-refresh": "bounds"}.get(name, name)
         per_stage[name] = per_stage.get(name, 0.0) + s["seconds"]
     bounds_proven = sum(int(((st.certificate[k] == "bounds") | (st.certificate[k] == "alpha")).sum()) for k in hidden)
     witness_open = next((s["open_after"] for s in st.stages if s["stage"] == "witness"), None)

@@ -13,7 +13,6 @@ from onnxcomp import pipeline
 from onnxcomp.dependence import Dependence
 from onnxcomp.errors import InternalError, OptionError, PostconditionError, PreconditionError, UsageError
 from onnxcomp.ir import Box, Dense, Network
-from onnxcomp.options import option
 from onnxcomp.pipeline import (ANALYSIS, DOMAIN, EXACT, REGISTRY, Context, PassManager, PassResult, expand, plan,
                                register)
 from onnxcomp.sampling import ActivationStats

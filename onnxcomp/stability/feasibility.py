@@ -655,13 +655,19 @@ class Settlement:
     epsilon: list
     seen_active: list
     seen_inactive: list
-    undecided: list
     lower: list
     upper: list
+    hidden: list = field(default_factory=list)  # the hidden ReLU layers (the others are never undecided)
     witnesses: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
     sides: list = field(default_factory=list)
     conflicts: list = field(default_factory=list)
+
+    @property
+    def undecided(self) -> list:
+        """Per layer: neither proven nor witnessed unstable (hidden ReLU layers only)."""
+        return [~(self.stably_inactive[k] | self.stably_active[k]) & ~(self.seen_active[k] & self.seen_inactive[k])
+                if k in self.hidden else np.zeros(a.shape, bool) for k, a in enumerate(self.stably_inactive)]
 
     def counts(self) -> dict:
         hidden = range(len(self.stably_inactive) - 1)
@@ -669,7 +675,7 @@ class Settlement:
             "stably_inactive": int(sum(self.stably_inactive[k].sum() for k in hidden)),
             "stably_active": int(sum((self.stably_active[k] & ~self.stably_inactive[k]).sum() for k in hidden)),
             "unstable": int(sum((self.seen_active[k] & self.seen_inactive[k]).sum() for k in hidden)),
-            "undecided": int(sum(self.undecided[k].sum() for k in hidden)),
+            "undecided": int(sum(u.sum() for u in self.undecided)),
         }
 
 
@@ -729,7 +735,8 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
     rng = np.random.default_rng(seed)
     n_layers = len(net.layers)
     hidden = [k for k in range(n_layers - 1) if net.layers[k].is_relu]
-    eps = epsilons(net, lo, hi)
+    base = crown_bounds(net, lo[None, :], hi[None, :], with_coef=True)
+    eps = epsilons(net, lo, hi, bounds=base)
     floor = [WITNESS_FLOAT64 * e for e in eps]
     stages: list = []
     zeros = [np.zeros(l.n_out, bool) for l in net.layers]
@@ -739,7 +746,7 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
         epsilon=[np.zeros(l.n_out) for l in net.layers],
         seen_active=[z.copy() for z in zeros] if seen_active is None else [np.asarray(a, bool).copy() for a in seen_active],
         seen_inactive=[z.copy() for z in zeros] if seen_inactive is None else [np.asarray(a, bool).copy() for a in seen_inactive],
-        undecided=[z.copy() for z in zeros], lower=[], upper=[], stages=stages)
+        lower=[], upper=[], hidden=hidden, stages=stages)
     exact_bounds = [True]  # False once a MILP result (epsilon policy) tightened a bound
 
     def open_sides(k: int) -> list:
@@ -763,18 +770,13 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
             if not exact_bounds[0]:  # bounds that rest on MILP results carry their margin
                 st.epsilon[k][new_in | new_act] = eps[k][new_in | new_act]
 
-    def undecided_now() -> int:
-        return int(sum((~(st.stably_inactive[k] | st.stably_active[k]) & ~(st.seen_active[k] & st.seen_inactive[k])).sum()
-                       for k in hidden))
-
     def stage(name: str, t: float, before: int, after: int, **extra) -> None:
         now = time.monotonic()
         stages.append({"stage": name, "seconds": now - t, "open_before": before, "open_after": after,
-                       "at": now - t_start, **extra, "undecided_neurons": undecided_now()})
+                       "at": now - t_start, **extra, "undecided_neurons": st.counts()["undecided"]})
 
-    # 1. bounds
-    t = time.monotonic()
-    base = crown_bounds(net, lo[None, :], hi[None, :], with_coef=True)
+    # 1. bounds (CROWN's, computed above with the margins)
+    t = t_start
     st.lower = [b[0].copy() for b in base.lower]
     st.upper = [b[0].copy() for b in base.upper]
     before = n_open()
@@ -896,8 +898,6 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
             if open_sides(k) and time.monotonic() < deadline - 1.0:
                 run_method(k, method, max(per_side_limit(k, hi_t, np.inf), hi_t), "2")
                 refresh_bounds(k)
-    for k in hidden:
-        st.undecided[k] = ~(st.stably_inactive[k] | st.stably_active[k]) & ~(st.seen_active[k] & st.seen_inactive[k])
     st.sides = side_results
     return st
 

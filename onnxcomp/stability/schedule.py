@@ -80,7 +80,7 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     trace; ``offset``: seconds the proofs had run before this call (the trace's time origin)."""
     from .feasibility import settle
 
-    net, n_layers = setup.net, setup.n_layers
+    net = setup.net
     workers = setup.workers
     solver = setup.solver if setup.solver in ("scip", "highs") else "scip"
     if setup.solver == "gurobi":
@@ -103,7 +103,7 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
     stages: dict = dict(entry.get("feasibility_stages", {}))
     for stage in st.stages:
         stages[stage["stage"]] = round(stages.get(stage["stage"], 0.0) + stage["seconds"], 3)
-    undecided = sum(int(u.sum()) for u in st.undecided[:n_layers])
+    undecided = st.counts()["undecided"]
     progress = entry.get("feasibility_progress", []) + [[round(offset + x["at"], 2), x["undecided_neurons"]]
                                                          for x in st.stages]
     used_milp = any(name.startswith("milp") for name in stages)

@@ -34,7 +34,7 @@ WITNESS_FLOAT32 = 1e-1
 """Witness thresholds as fractions of that margin: above float64 / float32 rounding noise of an exact 0."""
 
 
-def epsilons(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+def epsilons(net: Network, lo: np.ndarray, hi: np.ndarray, bounds=None) -> list[np.ndarray]:
     """The MILP margin of every neuron's pre-activation over the box: ``1e-5 * max(1, S_i)`` with ``S_i``
     the magnitude of the terms the pre-activation sums (``onnxcomp.bounds.row_scales``), i.e. ten times
     the solvers' feasibility tolerance on the scale of that MILP row.  A MILP certificate states that no
@@ -42,12 +42,15 @@ def epsilons(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
     ``fold`` reports the resulting worst-case output error.
 
     Witnesses use much smaller thresholds (``witness_floor``): only rounding noise of a pre-activation
-    that is 0 in exact arithmetic is ignored, so any real activity seen keeps the neuron."""
+    that is 0 in exact arithmetic is ignored, so any real activity seen keeps the neuron.
+
+    ``bounds``: the CROWN bounds of this box (``crown_bounds`` of ``(lo, hi)`` as one box) when the caller
+    has them already."""
     from ..bounds import crown_bounds, row_scales
 
     lo = np.asarray(lo, dtype=np.float64).reshape(-1)
     hi = np.asarray(hi, dtype=np.float64).reshape(-1)
-    b = crown_bounds(net, lo[None, :], hi[None, :])
+    b = crown_bounds(net, lo[None, :], hi[None, :]) if bounds is None else bounds
     return [EPS_REL * np.maximum(1.0, s) for s in row_scales(net, b, lo, hi)]
 
 

@@ -77,8 +77,9 @@ class _Found:
         return self.input[int(np.argmax(self.value))] if self.value.size and self.value.max() > 0 else None
 
 
-def _scale(net: Network, box: Box) -> float:
-    b = crown_bounds(net, box.lo[None, :], box.hi[None, :])
+def _scale(net: Network, box: Box, bounds=None) -> float:
+    """The largest output magnitude CROWN allows over ``box`` (``bounds``: those CROWN bounds, if known)."""
+    b = crown_bounds(net, box.lo[None, :], box.hi[None, :]) if bounds is None else bounds
     return float(np.maximum(np.abs(b.upper[-1]), np.abs(b.lower[-1])).max(initial=0.0))
 
 
@@ -106,10 +107,11 @@ def max_difference(net1: Network, net2: Network, box: Box, time_limit: float = 6
     found.check(np.vstack([(box.lo + box.hi)[None, :] / 2, box.corners(64, rng), box.sample(PROBE_SAMPLES, rng)]))
     if matching is None:
         matching = match(net1, net2, box.lo[None, :], box.hi[None, :])
-    low, up = diff_bounds(net1, net2, box.lo[None, :], box.hi[None, :], matching,
-                          bounds1=crown_bounds(net1, box.lo[None, :], box.hi[None, :], clip=clip1))
+    plain = crown_bounds(net1, box.lo[None, :], box.hi[None, :])
+    clipped = plain if clip1 is None else crown_bounds(net1, box.lo[None, :], box.hi[None, :], clip=clip1)
+    low, up = diff_bounds(net1, net2, box.lo[None, :], box.hi[None, :], matching, bounds1=clipped)
     whole = np.maximum(np.maximum(up[0], -low[0]), 0.0)
-    scale = _scale(net1, box)
+    scale = _scale(net1, box, plain)
 
     def result(certified, method, complete=True, solver_name="") -> FormalResult:
         return FormalResult(float(certified.max(initial=0.0)), float(found.value.max(initial=0.0)),

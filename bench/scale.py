@@ -69,8 +69,8 @@ def run_case(model: str, domain: str, limit: float, jobs: int) -> dict:
     counts = {k: milp.get(k) for k in ("stably_inactive", "stably_active", "unstable", "undecided")}
     neurons = sum(counts[k] or 0 for k in counts)
     return dict(rec, status=f"exit {proc.returncode}, {milp.get('status', '')}", **counts, neurons=neurons,
-                seconds=seconds, progress=[[offset + t, u] for t, u in milp.get("feasibility_progress", [])],
-                stages=milp.get("feasibility_stages", {}))
+                seconds=seconds, progress=[[offset + x["seconds"], x["undecided"]] for x in milp.get("feasibility_progress", [])],
+                stages=milp.get("feasibility_stage_seconds", {}))
 
 
 def rows_of(records: list[dict]) -> list[dict]:

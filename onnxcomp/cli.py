@@ -308,7 +308,7 @@ def _verify(reference, candidate, report, format, debug, **options) -> None:
     def text():
         f = result.formal
         if f:
-            out.print(f"formal ({f['solver']}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}", markup=False)
+            out.print(f"formal ({f['solver'] or 'no solver'}, {f['seconds']:.1f} s, {f['compared']}): {f['verdict']}", markup=False)
         out.print(result.summary(), markup=False)
         if not result.passed:
             from .formats import checks

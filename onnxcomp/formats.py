@@ -76,7 +76,7 @@ def checks(report: Mapping) -> list[dict]:
     if f:
         detail = (f"certified max |diff| {_g(f.get('certified_max_abs_diff'))}, largest found "
                   f"{_g(f.get('found_max_abs_diff'))}, tolerance {_g(f.get('tolerance'))}; solver "
-                  f"{f.get('solver', '?')}, {'complete' if f.get('complete') else 'stopped early'}")
+                  f"{f.get('solver') or 'none'}, {'complete' if f.get('complete') else 'stopped early'}")
         out.append({"id": "formal_bound", "name": "formal bound", "passed": bool(f.get("passed")),
                     "message": f.get("verdict") or detail, "detail": detail, "seconds": f.get("seconds")})
     budget = (report.get("fidelity") or {}).get("budget")

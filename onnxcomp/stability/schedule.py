@@ -100,14 +100,14 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
                               proven_inactive=[m & a for m, a in zip(mask, st.stably_inactive)],
                               proven_active=[m & a & ~i for m, a, i in zip(mask, st.stably_active, st.stably_inactive)],
                               epsilon=[np.where(m, e, 0.0) for m, e in zip(mask, st.epsilon)]))
-    stages: dict = dict(entry.get("feasibility_stages", {}))
+    stages: dict = dict(entry.get("feasibility_stage_seconds", {}))
     for stage in st.stages:
         stages[stage["stage"]] = round(stages.get(stage["stage"], 0.0) + stage["seconds"], 3)
     undecided = st.counts()["undecided"]
-    progress = entry.get("feasibility_progress", []) + [[round(offset + x["at"], 2), x["undecided_neurons"]]
-                                                         for x in st.stages]
+    progress = entry.get("feasibility_progress", []) + [{"seconds": round(offset + x["at"], 2),
+                                                          "undecided": x["undecided_neurons"]} for x in st.stages]
     used_milp = any(name.startswith("milp") for name in stages)
-    entry.update({"feasibility_stages": stages, "feasibility_progress": progress,
+    entry.update({"feasibility_stage_seconds": stages, "feasibility_progress": progress,
                   "feasibility_sides": entry.get("feasibility_sides", 0) + len(st.sides),
                   "feasibility_conflicts": entry.get("feasibility_conflicts", 0) + len(st.conflicts),
                   "solver": solver if used_milp else None, "status": "complete" if not undecided else "timelimit"})
@@ -170,8 +170,8 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     if "split_boxes" in entry:
         how.append(f"split: {entry['split_boxes']} pieces, {entry['split_leaf_milps']} piece MILPs, "
                    + ("complete" if entry["split_complete"] else "time limit"))
-    if "feasibility_stages" in entry:
-        how.append("per-side proofs: " + ", ".join(entry["feasibility_stages"]))
+    if "feasibility_stage_seconds" in entry:
+        how.append("per-side proofs: " + ", ".join(entry["feasibility_stage_seconds"]))
     if entry.get("solver"):
         how.append(f"{entry['solver']}: {entry.get('status')}")
     elif entry.get("status"):

@@ -147,3 +147,17 @@ def test_a_conv_prefix_is_refused_with_one_line(tmp_path, passes):
     assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: ") and "Traceback" not in stderr
     assert "Conv" in lines[0] and "cifar_base_kw.onnx" in lines[0]
     assert not out.exists()
+
+
+NANO = ROOT / "models" / "external" / "vnncomp-test" / "test_nano.onnx"  # one Gemm + Relu: no hidden layer
+
+
+@pytest.mark.parametrize("method", ["auto", "feasibility", "split", "isa", "per-neuron"])
+def test_a_network_without_hidden_neurons_passes_through_every_method(tmp_path, method):
+    """Nothing to prove is not an error: a chain whose only ReLU is on the output (VNN-COMP's test_nano)
+    used to crash the input split with an empty concatenation."""
+    out, r = run_stable(tmp_path, NANO, str(NANO.with_suffix(".vnnlib")), "--stability-method", method)
+    assert r["model"]["after"]["widths"] == r["model"]["before"]["widths"] == []
+    milp = next(p for p in r["passes"] if p["name"] == "milp")
+    assert milp["undecided"] == 0 and milp["status"] == "nothing to prove"
+    assert r["verification"]["passed"]

@@ -138,7 +138,9 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
 
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS
-    if method == "split":
+    if not open_count(setup, state):
+        entry.update({"status": "nothing to prove", "solver": None})  # all settled before, or no hidden neuron
+    elif method == "split":
         state = record(split(setup, state, time_limit, entry, workers=setup.workers))
     elif method == "per-neuron":
         state = record(per_neuron(setup, state, time_limit, entry))

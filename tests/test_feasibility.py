@@ -254,3 +254,27 @@ def test_stage_trace_counts_undecided_neurons_of_the_whole_network():
     assert times == sorted(times)
     assert not st_.conflicts and trace == sorted(trace, reverse=True), trace
     assert trace[-1] == st_.counts()["undecided"]
+
+
+def test_a_probe_that_settles_nothing_in_its_first_wave_hands_the_layer_to_the_next_method():
+    """A probe method (here the MILP, made to settle nothing: every unit comes back undecided, as from a
+    solver that runs out of time) gets one wave per layer; the branch and bound after it then settles what
+    it settles alone, and the stage trace says the probe was dropped."""
+    net, lo, hi, _ = hard_case()
+    dispatched: list = []
+
+    def map_fn(fn, units):
+        units = list(units)
+        dispatched.extend((u.layer, u.method, len(u.tasks)) for u in units)
+        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status="time limit", solver=u.solver)
+                 for t in u.tasks] if u.method == "milp" else fn(u) for u in units]
+
+    kw = dict(time_limit=60, second_round=False, chunk=1, witness_seconds=0.5)
+    probed = F.settle(net, lo, hi, schedule=(("milp", 1.0, 1.0, True), ("bab", 5.0, 5.0)), map_fn=map_fn, **kw)
+    alone = F.settle(net, lo, hi, schedule=(("bab", 5.0, 5.0),), **kw)
+    milp_layers = [k for k, m, _ in dispatched if m == "milp"]
+    assert milp_layers and len(milp_layers) == len(set(milp_layers)), "one wave (one unit of one side) per layer"
+    assert any(m == "bab" for _, m, _ in dispatched)
+    assert all(s["dropped"] for s in probed.stages if s["stage"].startswith("milp"))
+    assert probed.counts() == alone.counts()
+    check_settlement(net, lo, hi, probed, np.random.default_rng(0))

@@ -682,15 +682,20 @@ class Settlement:
 LOW_DIM = 8
 """Inputs of at most this many dimensions count as low-dimensional (the pipeline's ``SPLIT_MAX_DIMS``)."""
 SCHEDULES = {
-    # per layer: each method with its per-side time limit clamped to [min, max] seconds; then the second
-    # round: one method, at least this many seconds per side, over the time left
-    "high-dim": ((("bab", 1.0, 10.0),), ("bab", 30.0)),
+    # per layer: each method with its per-side time limit clamped to [min, max] seconds, and whether it
+    # is a probe (dropped for the rest of the layer when its first wave settles no side); then the
+    # second round: one method, at least this many seconds per side, over the time left
+    "high-dim": ((("bab", 1.0, 10.0, True), ("milp", 0.5, 3.0, True)), ("bab", 30.0)),
     "low-dim": ((("milp", 1.0, 10.0), ("bab", 1.0, 10.0)), ("milp", 30.0)),
 }
-"""``auto`` picks by input size.  Measured (bench/levers.py): on 784-input networks the ReLU branch and
-bound proves most sides in well under a second and SCIP proves none of those it leaves within 5 s
-(mnist_4x256 eps 0.03: 0 of 48); on 2-input TLL networks the branch and bound proves none of the deep
-sides in 2 s while SCIP proves them in 0.1-1.4 s."""
+"""``auto`` picks by input size, and in the second round each layer gets the method that proved the most
+of its sides in the first.  Measured (bench/levers.py, /tmp probes in the issue 11 note): on 784-input
+networks with hundreds of unstable neurons (mnist_4x256) the ReLU branch and bound proves most sides in
+well under a second and SCIP proves none of those it leaves within 5 s (214-308 binaries); on a deep
+network with few unstable neurons (ERAN 9x200, 80-94 binaries before layers 7-8) it is the other way round:
+the branch and bound proves none of the deep sides in 20 s, SCIP and HiGHS prove each in 0.02-0.7 s.  A
+probe's first wave (``chunk * parallel`` sides) tells which case a layer is.  On 2-input TLL networks the
+branch and bound proves none of the deep sides in 2 s while SCIP proves them in 0.1-1.4 s."""
 
 
 def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 300.0, deadline: float | None = None,
@@ -708,28 +713,33 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
     2. ``witness``: samples, CROWN vertices and batched gradient steps (``witness_seconds``, default 5 %
        of the time), plus ``seen_active``/``seen_inactive`` given by the caller;
     3. per layer, first to last: ``lp`` (optional: the LP relaxation per open side, rigorous through its
-       duals), then each ``(method, min, max)`` of ``schedule`` (``"auto"``: ``SCHEDULES`` by input size): ``bab`` (``bab_side``) or ``milp`` (a
-       feasibility MILP per side with ``solver``, highs or scip) on the sides still open, with a per-side
+       duals), then each ``(method, min, max[, probe])`` of ``schedule`` (``"auto"``: ``SCHEDULES`` by
+       input size): ``bab`` (``bab_side``) or ``milp`` (a feasibility MILP per side with ``solver``,
+       highs or scip) on the sides still open (a probe stops when its first wave settles none), with a per-side
        limit ``clamp(share / open, min, max)``, ``share`` being the layer's part of the time left
        (proportional to its open sides against those of later layers); sides go in units of ``chunk``,
        ``parallel`` units at a time through ``map_fn`` (default: the builtin serial ``map``; a process
        pool's ``map`` runs them at once), witnesses found by one wave closing sides of the next; then
        the bounds of later layers are recomputed (alpha-CROWN) with what was proven;
     4. with ``second_round``, ``final = (method, min_seconds)`` (default: the schedule's) goes over the
-       layers again with the time left (per-side limit at least ``min_seconds``).
+       layers again with the time left (per-side limit at least ``min_seconds``); under ``"auto"`` a
+       layer whose first round proved sides gets the method that proved the most of them instead.
 
     ``deadline`` (absolute ``time.monotonic()``) overrides ``time_limit``.  Nothing is proven by a time
     limit or a failure: such sides stay undecided."""
     t_start = time.monotonic()
     deadline = t_start + float(time_limit) if deadline is None else float(deadline)
     map_fn = map if map_fn is None else map_fn
+    adaptive = False  # second round: per layer the method that proved the most of its sides
     if isinstance(schedule, str):
         if schedule != "auto":
-            raise ValueError(f"schedule {schedule!r}: expected 'auto' or a tuple of (method, min, max)")
+            raise ValueError(f"schedule {schedule!r}: expected 'auto' or a tuple of (method, min, max[, probe])")
         schedule, auto_final = SCHEDULES["low-dim" if net.input_size <= LOW_DIM else "high-dim"]
+        adaptive = final is None
         final = auto_final if final is None else final
     elif final is None:
         final = (schedule[-1][0], schedule[-1][2]) if schedule else None
+    schedule = [tuple(m) + (False,) * (4 - len(m)) for m in schedule]
     lo = np.asarray(lo, dtype=np.float64).reshape(-1)
     hi = np.asarray(hi, dtype=np.float64).reshape(-1)
     rng = np.random.default_rng(seed)
@@ -820,7 +830,11 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
     relu = [l.is_relu for l in net.layers]
     side_results: list = []
 
-    def run_method(k: int, method: str, per_side: float, round_name: str) -> None:
+    proved: dict = {}  # (layer, method) -> sides it proved in the first round
+
+    def run_method(k: int, method: str, per_side: float, round_name: str, probe: bool = False) -> None:
+        """Settle the open sides of layer k with ``method``; a probe stops after a first wave that settles
+        nothing (the sides go on to the next method)."""
         sides = open_sides(k)
         if not sides or time.monotonic() >= deadline:
             return
@@ -853,10 +867,15 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
                     mine.append(r)
                     if _apply_side(net, st, r, floor, eps):
                         exact_bounds[0] = False
+            if probe and not any(r.verdict != "undecided" for r in mine):
+                break
         stats = {v: sum(1 for r in mine if r.verdict == v) for v in ("proven", "witness", "undecided")}
+        if round_name == "1":
+            proved[(k, method)] = proved.get((k, method), 0) + stats["proven"]
         times = [r.seconds for r in mine if r.status != "not started (budget)"]
         stage(f"{method}" + (f"-{solver}" if method == "milp" else ""), t, len(sides), len(open_sides(k)), layer=k,
-              round=round_name, per_side_limit=round(per_side, 2), **stats,
+              round=round_name, per_side_limit=round(per_side, 2), **stats, probe=probe,
+              dropped=bool(probe and not stats["proven"] and not stats["witness"] and open_sides(k)),
               median_side=float(np.median(times)) if times else 0.0, max_side=max(times, default=0.0),
               binaries=max((r.binaries for r in mine), default=0))
 
@@ -889,12 +908,15 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
             before = len(open_sides(k))
             _lp_stage(net, st, k, lo, hi, eps, deadline)
             stage("lp", t, before, len(open_sides(k)), layer=k)
-        for method, lo_t, hi_t in schedule:
-            run_method(k, method, per_side_limit(k, lo_t, hi_t), "1")
+        for method, lo_t, hi_t, probe in schedule:
+            run_method(k, method, per_side_limit(k, lo_t, hi_t), "1", probe)
         refresh_bounds(k)
     if second_round and final:
-        method, hi_t = final
         for k in hidden:
+            method, hi_t = final
+            if adaptive:
+                best = max(((n, m) for (j, m), n in proved.items() if j == k), default=(0, method))
+                method = best[1] if best[0] > 0 else method
             if open_sides(k) and time.monotonic() < deadline - 1.0:
                 run_method(k, method, max(per_side_limit(k, hi_t, np.inf), hi_t), "2")
                 refresh_bounds(k)

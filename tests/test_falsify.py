@@ -118,7 +118,8 @@ def test_witnesses_never_contradict_exact_certificates_and_nothing_is_proven(see
     assert found.proven_inactive is None and found.proven_active is None
     ctx = Context(box=box, deadline=Deadline(30), options={"stability_method": "split"})
     PassManager().run(net, ["bounds", "milp"], ctx)
-    assert ctx.log[-1]["split_complete"]
+    entry = ctx.log[-1]
+    assert entry.get("split_complete") or entry["status"] == "nothing to prove"  # the bounds may settle all
     st_ = ctx.get(Stability).state(net)
     alone = merge(net, [found])
     for k in range(len(widths)):

@@ -7,6 +7,7 @@ solver failures, time limits and unconfirmed solver points prove nothing."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -278,3 +279,41 @@ def test_a_probe_that_settles_nothing_in_its_first_wave_hands_the_layer_to_the_n
     assert all(s["dropped"] for s in probed.stages if s["stage"].startswith("milp"))
     assert probed.counts() == alone.counts()
     check_settlement(net, lo, hi, probed, np.random.default_rng(0))
+
+
+def test_sides_that_keep_running_out_of_time_get_later_rounds_with_a_doubled_floor_until_the_deadline():
+    """Later rounds go on while some side of the last one ran out of time (here every side does: the
+    solver stand-in never finishes), each with twice the per-side floor of the one before, and end by
+    the deadline; sides settled by nothing stay undecided."""
+    net, lo, hi, _ = hard_case()
+
+    def map_fn(fn, units):
+        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status="time limit", solver="bab")
+                 for t in u.tasks] for u in units]
+
+    t0 = time.monotonic()
+    st_ = F.settle(net, lo, hi, time_limit=4, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1), map_fn=map_fn,
+                   witness_seconds=0.5, alpha_iterations=2)
+    assert time.monotonic() - t0 < 4 + 1.0
+    rounds = sorted({int(s["round"]) for s in st_.stages if "round" in s})
+    assert rounds[:3] == [1, 2, 3], rounds
+    for s in st_.stages:
+        if s.get("round") in ("2", "3", "4"):  # the floor doubles (later ones are capped by the time left)
+            assert s["per_side_limit"] >= round(0.1 * 2 ** (int(s["round"]) - 2), 2) - 0.01
+    assert st_.counts()["undecided"] > 0 and not any(c == "bab" for k in st_.hidden for c in st_.certificate[k])
+
+
+def test_later_rounds_stop_when_no_side_ran_out_of_time():
+    """When every side of a round ended by itself (proven, witnessed, or stuck for another reason), more
+    time per side would change nothing: settle returns long before its deadline."""
+    net, lo, hi, _ = hard_case()
+
+    def map_fn(fn, units):
+        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status="memory limit", solver="bab")
+                 for t in u.tasks] for u in units]
+
+    t0 = time.monotonic()
+    st_ = F.settle(net, lo, hi, time_limit=120, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1), map_fn=map_fn,
+                   witness_seconds=0.5)
+    assert time.monotonic() - t0 < 60
+    assert max(int(s["round"]) for s in st_.stages if "round" in s) == 2

@@ -722,8 +722,10 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
        pool's ``map`` runs them at once), witnesses found by one wave closing sides of the next; then
        the bounds of later layers are recomputed (alpha-CROWN) with what was proven;
     4. with ``second_round``, ``final = (method, min_seconds)`` (default: the schedule's) goes over the
-       layers again with the time left (per-side limit at least ``min_seconds``); under ``"auto"`` a
-       layer whose first round proved sides gets the method that proved the most of them instead.
+       layers again with the time left (per-side limit at least ``min_seconds``), and again with that
+       floor doubled, while sides are open, time is left, and some side of the last round ran out of
+       time; under ``"auto"`` a layer whose first round proved sides gets the method that proved the
+       most of them instead.
 
     ``deadline`` (absolute ``time.monotonic()``) overrides ``time_limit``.  Nothing is proven by a time
     limit or a failure: such sides stay undecided."""
@@ -911,15 +913,23 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
         for method, lo_t, hi_t, probe in schedule:
             run_method(k, method, per_side_limit(k, lo_t, hi_t), "1", probe)
         refresh_bounds(k)
-    if second_round and final:
+    # 4. later rounds over the time left, the per-side floor doubling each round, for as long as some side
+    # of the last round ran out of time (when none did, more time per side would change nothing)
+    round_no, floor_t = 2, (final[1] if final else 0.0)
+    while second_round and final and n_open() and time.monotonic() < deadline - 1.0:
+        first = len(side_results)
         for k in hidden:
-            method, hi_t = final
+            method = final[0]
             if adaptive:
                 best = max(((n, m) for (j, m), n in proved.items() if j == k), default=(0, method))
                 method = best[1] if best[0] > 0 else method
             if open_sides(k) and time.monotonic() < deadline - 1.0:
-                run_method(k, method, max(per_side_limit(k, hi_t, np.inf), hi_t), "2")
+                run_method(k, method, max(per_side_limit(k, floor_t, np.inf), floor_t), str(round_no))
                 refresh_bounds(k)
+        if not any(r.status.startswith("time limit") or r.status == "not started (budget)"
+                   for r in side_results[first:]):
+            break
+        round_no, floor_t = round_no + 1, min(2 * floor_t, max(deadline - time.monotonic(), 0.0))
     st.sides = side_results
     return st
 

@@ -21,8 +21,10 @@ Strategies (``--strategies``, comma-separated):
   milp-highs   the same with HiGHS
   bab          branch and bound on ReLU states only (1..60 s per side)
   auto         the recommended default (``feasibility.settle``'s defaults, ``SCHEDULES``): for more than 8
-               inputs per layer bab (1..10 s per side), second round bab (>= 30 s per side); for at most
-               8 inputs per layer SCIP MILPs (1..10 s) then bab (1..10 s), second round SCIP (>= 30 s)
+               inputs per layer bab (1..10 s per side) then SCIP MILPs (0.5..3 s), each a probe dropped for
+               the layer when its first wave settles nothing, later rounds (>= 30 s per side, doubling)
+               with the method that proved the most of the layer's sides (else bab); for at most 8
+               inputs per layer SCIP MILPs (1..10 s) then bab (1..10 s), later rounds SCIP (>= 30 s)
   bab+milp     per layer bab (1..10 s) then SCIP MILPs (5..30 s), second round bab
   noalpha      auto without alpha-CROWN (CROWN bounds only): what the optimised slopes are worth
 

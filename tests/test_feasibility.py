@@ -294,7 +294,7 @@ def test_sides_that_keep_running_out_of_time_get_later_rounds_with_a_doubled_flo
     t0 = time.monotonic()
     st_ = F.settle(net, lo, hi, time_limit=4, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1), map_fn=map_fn,
                    witness_seconds=0.5, alpha_iterations=2)
-    assert time.monotonic() - t0 < 4 + 1.0
+    assert time.monotonic() - t0 < 4 + 2.0  # the last round starts a second before the deadline
     rounds = sorted({int(s["round"]) for s in st_.stages if "round" in s})
     assert rounds[:3] == [1, 2, 3], rounds
     for s in st_.stages:

@@ -281,19 +281,22 @@ def test_a_probe_that_settles_nothing_in_its_first_wave_hands_the_layer_to_the_n
     check_settlement(net, lo, hi, probed, np.random.default_rng(0))
 
 
+def _every_side_ends(status: str):
+    """A ``map_fn`` standing in for a solver whose every side ends undecided with ``status`` (proves nothing)."""
+    def map_fn(fn, units):
+        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status=status, solver="bab") for t in u.tasks]
+                for u in units]
+    return map_fn
+
+
 def test_sides_that_keep_running_out_of_time_get_later_rounds_with_a_doubled_floor_until_the_deadline():
     """Later rounds go on while some side of the last one ran out of time (here every side does: the
     solver stand-in never finishes), each with twice the per-side floor of the one before, and end by
     the deadline; sides settled by nothing stay undecided."""
     net, lo, hi, _ = hard_case()
-
-    def map_fn(fn, units):
-        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status="time limit", solver="bab")
-                 for t in u.tasks] for u in units]
-
     t0 = time.monotonic()
-    st_ = F.settle(net, lo, hi, time_limit=4, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1), map_fn=map_fn,
-                   witness_seconds=0.5, alpha_iterations=2)
+    st_ = F.settle(net, lo, hi, time_limit=4, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1),
+                   map_fn=_every_side_ends("time limit"), witness_seconds=0.5, alpha_iterations=2)
     assert time.monotonic() - t0 < 4 + 2.0  # the last round starts a second before the deadline
     rounds = sorted({int(s["round"]) for s in st_.stages if "round" in s})
     assert rounds[:3] == [1, 2, 3], rounds
@@ -307,13 +310,8 @@ def test_later_rounds_stop_when_no_side_ran_out_of_time():
     """When every side of a round ended by itself (proven, witnessed, or stuck for another reason), more
     time per side would change nothing: settle returns long before its deadline."""
     net, lo, hi, _ = hard_case()
-
-    def map_fn(fn, units):
-        return [[F.SideResult(u.layer, t.neuron, t.side, "undecided", status="memory limit", solver="bab")
-                 for t in u.tasks] for u in units]
-
     t0 = time.monotonic()
-    st_ = F.settle(net, lo, hi, time_limit=120, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1), map_fn=map_fn,
-                   witness_seconds=0.5)
+    st_ = F.settle(net, lo, hi, time_limit=120, schedule=(("bab", 0.1, 0.1),), final=("bab", 0.1),
+                   map_fn=_every_side_ends("memory limit"), witness_seconds=0.5)
     assert time.monotonic() - t0 < 60
     assert max(int(s["round"]) for s in st_.stages if "round" in s) == 2

@@ -689,7 +689,7 @@ SCHEDULES = {
     "low-dim": ((("milp", 1.0, 10.0), ("bab", 1.0, 10.0)), ("milp", 30.0)),
 }
 """``auto`` picks by input size, and in the second round each layer gets the method that proved the most
-of its sides in the first.  Measured (bench/levers.py, /tmp probes in the issue 11 note): on 784-input
+of its sides in the first.  Measured (bench/levers.py, and per side with ``solve_side``): on 784-input
 networks with hundreds of unstable neurons (mnist_4x256) the ReLU branch and bound proves most sides in
 well under a second and SCIP proves none of those it leaves within 5 s (214-308 binaries); on a deep
 network with few unstable neurons (ERAN 9x200, 80-94 binaries before layers 7-8) it is the other way round:

@@ -772,8 +772,8 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
     def n_open(ks=None) -> int:
         return sum(len(open_sides(k)) for k in (hidden if ks is None else ks))
 
-    def prove_from_bounds(kind: str) -> None:
-        for k in hidden:
+    def prove_from_bounds(kind: str, layers=None) -> None:
+        for k in hidden if layers is None else layers:
             new_in = (st.upper[k] <= 0) & ~st.stably_inactive[k] & ~st.stably_active[k] & ~st.seen_active[k]
             new_act = (st.lower[k] >= 0) & ~st.stably_active[k] & ~st.stably_inactive[k] & ~st.seen_inactive[k]
             st.stably_inactive[k] |= new_in
@@ -908,7 +908,8 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
         if lp:
             t = time.monotonic()
             before = len(open_sides(k))
-            _lp_stage(net, st, k, lo, hi, eps, deadline)
+            _lp_tighten(net, st, k, lo, hi, deadline)
+            prove_from_bounds("lp", [k])
             stage("lp", t, before, len(open_sides(k)), layer=k)
         for method, lo_t, hi_t, probe in schedule:
             run_method(k, method, per_side_limit(k, lo_t, hi_t), "1", probe)
@@ -991,8 +992,9 @@ def _apply_side(net: Network, st: Settlement, r: SideResult, floor: list, eps: l
     return r.solver != "bab" or r.epsilon > 0
 
 
-def _lp_stage(net: Network, st: Settlement, k: int, lo, hi, eps: list, deadline: float) -> None:
-    """Open sides of layer k against the LP relaxation; rigorous bounds through the duals."""
+def _lp_tighten(net: Network, st: Settlement, k: int, lo, hi, deadline: float) -> None:
+    """Tighten the bounds of layer k's open sides by the LP relaxation (rigorous through the duals); the
+    caller proves from them what they settle."""
     from .tighten import lp_bounds
 
     neurons = np.flatnonzero(~(st.stably_inactive[k] | st.stably_active[k]) & ~(st.seen_active[k] & st.seen_inactive[k]))
@@ -1003,8 +1005,3 @@ def _lp_stage(net: Network, st: Settlement, k: int, lo, hi, eps: list, deadline:
     low, up = lp_bounds(net, lo, hi, st.lower, st.upper, k, sides, deadline=deadline)
     st.lower[k] = np.maximum(st.lower[k], low)
     st.upper[k] = np.minimum(st.upper[k], up)
-    new_in = (st.upper[k] <= 0) & ~st.stably_inactive[k] & ~st.stably_active[k] & ~st.seen_active[k]
-    new_act = (st.lower[k] >= 0) & ~st.stably_active[k] & ~st.stably_inactive[k] & ~st.seen_inactive[k]
-    st.stably_inactive[k] |= new_in
-    st.stably_active[k] |= new_act
-    st.certificate[k][new_in | new_act] = "lp"

@@ -116,32 +116,34 @@ def test_bounds_that_cut_off_a_real_point_show_up_as_violations():
 
 
 # ---- ISA: soundness, completeness, agreement --------------------------------------------------------
+def finishes_and_agrees_with_per_neuron(seed: int, method: str, solver: str) -> dict:
+    """``method`` on a small random case: its proofs hold on dense samples, it finished (every neuron
+    proven stable or witnessed in both states), and its stable sets are the per-neuron baseline's.
+    Returns the milp pass's report entry."""
+    net, box = small_case(seed)
+    state, ctx = analyse(net, box, stability_method=method, solver=solver, time_limit=30)
+    entry = ctx.log[-1]
+    assert_proofs_hold(net, state, dense_preactivations(net, box))
+    assert entry["undecided"] == 0, entry["message"]
+    reference, _ = analyse(net, box, stability_method="per-neuron", solver="scip", time_limit=30)
+    assert stable_sets(net, state) == stable_sets(net, reference)
+    return entry
+
+
 @pytest.mark.slow
 @settings(max_examples=16, deadline=None)
 @given(seed=st.integers(0, 100_000), solver=st.sampled_from(["scip", "gurobi"]))
 def test_isa_is_sound_and_complete_on_small_random_networks(seed, solver):
-    net, box = small_case(seed)
-    state, ctx = analyse(net, box, stability_method="isa", solver=solver, time_limit=30)
-    entry = ctx.log[-1]
+    entry = finishes_and_agrees_with_per_neuron(seed, "isa", solver)
     assert entry["solver"] == solver
-    assert_proofs_hold(net, state, dense_preactivations(net, box))
     assert (entry["status"].startswith("optimal") or entry["status"] == "userinterrupt") and "ambiguous" not in entry
-    # it finished: every neuron is proven stable or witnessed in both states
-    assert entry["undecided"] == 0
-    reference, _ = analyse(net, box, stability_method="per-neuron", solver="scip", time_limit=30)
-    assert stable_sets(net, state) == stable_sets(net, reference)
 
 
 @settings(max_examples=16, deadline=None)
 @given(seed=st.integers(0, 100_000), solver=st.sampled_from(["scip", "auto"]))
 def test_feasibility_is_sound_and_complete_on_small_random_networks(seed, solver):
-    net, box = small_case(seed)
-    state, ctx = analyse(net, box, stability_method="feasibility", solver=solver, time_limit=30)
-    entry = ctx.log[-1]
-    assert_proofs_hold(net, state, dense_preactivations(net, box))
-    assert entry["status"] == "complete" and entry["undecided"] == 0, entry["message"]
-    reference, _ = analyse(net, box, stability_method="per-neuron", solver="scip", time_limit=30)
-    assert stable_sets(net, state) == stable_sets(net, reference)
+    entry = finishes_and_agrees_with_per_neuron(seed, "feasibility", solver)
+    assert entry["status"] == "complete", entry["message"]
 
 
 def test_isa_with_scip_survives_a_witnessed_indicator_fixed_by_branching():

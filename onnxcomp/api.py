@@ -31,7 +31,7 @@ from .ir import Box
 from .milp import SOLVERS
 from .onnxio import check_model, load_model, real_inputs, value_shape
 from .options import build, option, specs
-from .pipeline import REGISTRY, Context, Options, PassManager, Progress, all_option_specs, expand, load_passes
+from .pipeline import REGISTRY, Context, Options, PassManager, Progress, all_option_specs, expand, load_passes, lowers_conv
 from .reader import check_input, lower, model_input_features
 from .report import Report, domain_summary, model_summary
 from .runtime import Runner, providers
@@ -270,7 +270,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     opts = Options(pass_flat, pass_options)
     opts.check_names()
     original, name, original_bytes = _load(model)
-    net = lower(original, source=name)
+    net = lower(original, source=name, conv=lowers_conv(names))
     check_runs(original, name, settings.device)
     n_features = model_input_features(net)
     box, x, y = load_inputs(original, n_features, domain, data, labels)
@@ -397,7 +397,7 @@ def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale:
     deadline = Deadline(s.time_limit)
     nets = []
     for model, name in ((ref, ref_name), (cand, cand_name)):
-        net = lower(model, source=name)
+        net = lower(model, source=name, conv=True)
         if has_prefix(net):
             raise InputError(f"{name}: --formal needs the dense chain to start at the model input "
                              f"(kept before it: {', '.join(net.onnx.prefix_ops)})")

@@ -50,9 +50,15 @@ def magnitudes(net: Network, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]
     r = np.maximum(np.abs(lo), np.abs(hi))
     out = []
     for layer in net.layers:
-        r = r @ np.abs(layer.weight).T + np.abs(layer.bias)
+        r = r @ layer.weight_abs.T + np.abs(layer.bias)
         out.append(r)
     return out
+
+
+def _dense(layer) -> np.ndarray:
+    """All rows of a layer's linear map as a dense array: the starting coefficients of a back-substitution
+    (CROWN's coefficient matrices are dense whatever the layer; a convolution's operator stays sparse)."""
+    return layer.rows(np.arange(layer.n_out))
 
 
 def _widen(lo: np.ndarray, hi: np.ndarray, mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +74,7 @@ def interval_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, clip: tuple | 
     lows, ups = [], []
     a_lo, a_hi = lo, hi
     for k, layer in enumerate(net.layers):
-        wp, wn = np.maximum(layer.weight, 0), np.minimum(layer.weight, 0)
+        wp, wn = layer.weight_pos, layer.weight_neg
         y_lo = a_lo @ wp.T + a_hi @ wn.T + layer.bias
         y_hi = a_hi @ wp.T + a_lo @ wn.T + layer.bias
         y_lo, y_hi = _widen(y_lo, y_hi, mags[k])
@@ -130,7 +136,7 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
         if k == 0:
             y_lo, y_hi = ibp.lower[0], ibp.upper[0]
             if with_coef:
-                coefs.append(np.broadcast_to(np.concatenate([layer.weight, -layer.weight])[None], (lo.shape[0], 2 * layer.n_out, lo.shape[1])))
+                coefs.append(np.broadcast_to(np.concatenate([_dense(layer), -_dense(layer)])[None], (lo.shape[0], 2 * layer.n_out, lo.shape[1])))
                 consts.append(np.broadcast_to(np.concatenate([layer.bias, -layer.bias])[None], (lo.shape[0], 2 * layer.n_out)))
         else:
             y_lo, y_hi, a, c = _back_substitute(net, k, relax, centre, radius)
@@ -159,7 +165,8 @@ def _back_substitute(net: Network, k: int, relax: list, centre: np.ndarray, radi
     """
     layer = net.layers[k]
     n = layer.n_out
-    a = np.concatenate([layer.weight, -layer.weight])[None, :, :]  # (1 or B, 2n, n_j)
+    w_k = _dense(layer)
+    a = np.concatenate([w_k, -w_k])[None, :, :]  # (1 or B, 2n, n_j)
     c = np.concatenate([layer.bias, -layer.bias])[None, :]
     batch = centre.shape[0]
     for j in range(k - 1, -1, -1):
@@ -195,7 +202,7 @@ def row_scales(net: Network, bounds: Bounds, lo: np.ndarray, hi: np.ndarray, row
     prev = np.maximum(np.abs(np.asarray(lo, dtype=np.float64)), np.abs(np.asarray(hi, dtype=np.float64))).reshape(-1)
     out = []
     for k, layer in enumerate(net.layers):
-        out.append(np.abs(layer.weight) @ prev + np.abs(layer.bias))
+        out.append(layer.weight_abs @ prev + np.abs(layer.bias))
         l, u = bounds.lower[k][row], bounds.upper[k][row]
         if layer.is_relu:
             l, u = np.maximum(l, 0.0), np.maximum(u, 0.0)
@@ -251,7 +258,7 @@ def alpha_crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, *, iteratio
         # interval propagation from the (possibly improved) bounds of the layer below
         prev = net.layers[k - 1]
         a_lo, a_hi = (np.maximum(low[k - 1], 0), np.maximum(up[k - 1], 0)) if prev.is_relu else (low[k - 1], up[k - 1])
-        wp, wn = np.maximum(layer.weight, 0), np.minimum(layer.weight, 0)
+        wp, wn = layer.weight_pos, layer.weight_neg
         i_lo, i_hi = _widen(wp @ a_lo + wn @ a_hi + layer.bias, wp @ a_hi + wn @ a_lo + layer.bias, mags[k])
         low[k] = np.maximum(low[k], i_lo)
         up[k] = np.minimum(up[k], i_hi)
@@ -281,7 +288,8 @@ def _optimise_rows(net: Network, k: int, rows: np.ndarray, low: list, up: list, 
     import time
 
     layer = net.layers[k]
-    c0 = np.concatenate([layer.weight[rows], -layer.weight[rows]])  # (R, n_{k-1})
+    w_rows = layer.rows(rows)
+    c0 = np.concatenate([w_rows, -w_rows])  # (R, n_{k-1})
     d0 = np.concatenate([layer.bias[rows], -layer.bias[rows]])
     n_rows = c0.shape[0]
     unstable = [(low[j] < 0) & (up[j] > 0) if net.layers[j].is_relu else np.zeros(low[j].shape, bool) for j in range(k)]

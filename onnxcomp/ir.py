@@ -1,6 +1,6 @@
-"""The intermediate representation every pass works on: a chain of dense layers.
+"""The intermediate representation every pass works on: a chain of dense (and convolution) layers.
 
-``Network`` is a plain, immutable dataclass holding ``Dense`` layers in float64.  Passes never
+``Network`` is a plain, immutable dataclass holding ``Dense`` and ``Conv`` (``onnxcomp.conv``) layers in float64.  Passes never
 mutate one; they build a new one with :func:`dataclasses.replace`.  Every array an IR object holds is
 read-only (a private copy when the caller's array was writeable), so an analysis cannot change a
 network by accident: writing into ``layer.weight`` raises ``ValueError``.  Each layer remembers the
@@ -103,6 +103,38 @@ class Dense:
     def is_relu(self) -> bool:
         return self.activation == RELU
 
+    @property
+    def params(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    @property
+    def nonzero_params(self) -> int:
+        return int(np.count_nonzero(self.weight) + np.count_nonzero(self.bias))
+
+    @property
+    def macs(self) -> int:
+        return int(self.weight.size)
+
+    # The layer interface a convolution shares (``onnxcomp.conv.Conv``): the linear map's positive,
+    # negative and absolute parts, and explicit rows, whatever form ``weight`` has.
+    @property
+    def weight_abs(self) -> np.ndarray:
+        return np.abs(self.weight)
+
+    @property
+    def weight_pos(self) -> np.ndarray:
+        return np.maximum(self.weight, 0.0)
+
+    @property
+    def weight_neg(self) -> np.ndarray:
+        return np.minimum(self.weight, 0.0)
+
+    def rows(self, idx) -> np.ndarray:
+        return np.asarray(self.weight[np.asarray(idx, dtype=np.int64)])
+
+    def fingerprint_arrays(self) -> list:
+        return [self.weight, self.bias, np.asarray(self.neuron_ids, dtype=np.int64)]
+
     def preactivation(self, x: np.ndarray) -> np.ndarray:
         """Pre-activation for a batch ``x`` of shape (N, in)."""
         return x @ self.weight.T + self.bias
@@ -198,16 +230,21 @@ class Network:
 
     @property
     def params(self) -> int:
-        return int(sum(layer.weight.size + layer.bias.size for layer in self.layers))
+        return int(sum(layer.params for layer in self.layers))
 
     @property
     def nonzero_params(self) -> int:
-        return int(sum(np.count_nonzero(layer.weight) + np.count_nonzero(layer.bias) for layer in self.layers))
+        return int(sum(layer.nonzero_params for layer in self.layers))
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates per input sample of the dense chain."""
-        return int(sum(layer.weight.size for layer in self.layers))
+        """Multiply-accumulates per input sample of the chain (a convolution's at every position)."""
+        return int(sum(layer.macs for layer in self.layers))
+
+    @property
+    def has_conv(self) -> bool:
+        """True when some layer is not a dense matrix (a convolution or pooling layer)."""
+        return any(not isinstance(layer, Dense) for layer in self.layers)
 
     # ---- evaluation --------------------------------------------------------------------------
     def forward(self, x: np.ndarray, preactivations: bool = False):
@@ -231,7 +268,7 @@ class Network:
         """A hash of all weights, used to check that analysis passes leave a network untouched."""
         h = hashlib.sha256()
         for layer in self.layers:
-            for arr in (layer.weight, layer.bias, np.asarray(layer.neuron_ids, dtype=np.int64)):
+            for arr in layer.fingerprint_arrays():
                 h.update(np.ascontiguousarray(arr).tobytes())
             h.update(layer.activation.encode())
         return h.hexdigest()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .conv import is_conv
 from .ir import LINEAR, RELU, Dense, Network
 from .stability.state import StabilityState
 
@@ -59,9 +60,14 @@ class _Layer:
 
 
 class _Folder:
-    def __init__(self, net: Network, st: StabilityState):
+    """LEO++ on the dense layers ``net.layers[start:]`` (a convolutional prefix before them is
+    :class:`_ConvPrefix`'s)."""
+
+    def __init__(self, net: Network, st: StabilityState, start: int = 0):
         self.layers: list[_Layer] = []
         for k, l in enumerate(net.layers):
+            if k < start:
+                continue
             hidden = k < len(net.layers) - 1 and l.is_relu
             self.layers.append(_Layer(
                 l.weight.copy(), l.bias.copy(), l.activation, list(l.neuron_ids), l.layer_id, l.source,
@@ -181,14 +187,154 @@ class _Folder:
                 continue
             break
 
-    def network(self, net: Network) -> tuple[Network, bool]:
+    def network(self, net: Network, prefix: tuple = ()) -> tuple[Network, bool]:
+        if not self.layers:  # a network of convolutions only
+            return Network(tuple(prefix), net.input_size, net.onnx, dict(net.meta)), False
         last = self.layers[-1]
         if last.w.shape[1] == 0:  # every path to the output was cut: the function is a constant
             const = Dense(np.zeros((last.w.shape[0], net.input_size)), last.b, last.act, last.layer_id, last.ids,
                           last.source)
             return Network((const,), net.input_size, net.onnx, dict(net.meta)), True
         dense = [Dense(l.w, l.b, l.act, l.layer_id, l.ids, l.source) for l in self.layers]
-        return Network(tuple(dense), net.input_size, net.onnx, dict(net.meta)), False
+        return Network(tuple(prefix) + tuple(dense), net.input_size, net.onnx, dict(net.meta)), False
+
+
+class _ConvPrefix:
+    """The exact rewrites of a convolutional prefix ``net.layers[:start]`` (every layer a ``Conv``), given
+    the stability of its units, before LEO++ folds the dense head (``head``, a :class:`_Folder`):
+
+    * a unit is *constant* on the domain when it is a ReLU unit proven stably inactive (value 0), or every
+      kernel tap of it reads a constant unit (value: the convolution of those constants plus its bias;
+      e.g. an average pool of dead units);
+    * a channel whose every output unit is constant 0 is removed from its layer, together with the
+      matching input channel of the next convolution (a run of depthwise layers such as pooling between
+      them loses the channel too, when it is constant 0 there as well);
+    * the last convolution's constant units are folded into the head's bias and their columns removed;
+      the layer then emits only the units the head reads (the writer's Gather after the Flatten).
+    Stably active units are kept: folding them would turn a convolution into a dense map."""
+
+    def __init__(self, net: Network, st: StabilityState, start: int, folder: "_Folder"):
+        self.layers = list(net.layers[:start])
+        self.folder = folder
+        self.channels_removed: dict = {}
+        self.inactive = [st.proven_inactive[k] & self.layers[k].is_relu for k in range(start)]
+        self.proof = [np.asarray(st.proof[k]).copy() for k in range(start)]
+        self.eps = [np.asarray(st.epsilon[k], dtype=np.float64).copy() for k in range(start)]
+        self.const: list[np.ndarray] = []
+        self.value: list[np.ndarray] = []
+        in_const, in_val = np.zeros(net.input_size, bool), np.zeros(net.input_size)
+        for k, layer in enumerate(self.layers):
+            reads_live = np.asarray(layer.weight_abs @ (~in_const).astype(np.float64)).reshape(-1) > 0
+            pre_const = ~reads_live
+            pre_val = np.asarray(layer.weight @ np.where(in_const, in_val, 0.0)).reshape(-1) + layer.bias
+            if layer.is_relu:
+                inactive = self.inactive[k]
+                const = inactive | pre_const
+                val = np.where(inactive, 0.0, np.maximum(pre_val, 0.0))
+            else:
+                const, val = pre_const, pre_val
+            self.const.append(const)
+            self.value.append(np.where(const, val, 0.0))
+            in_const, in_val = const, self.value[-1]
+
+    def log(self, k: int, units: np.ndarray, why: str) -> None:
+        layer = self.layers[k]
+        for i in units:
+            inactive = bool(self.inactive[k][i])
+            self.folder.removed.append({
+                "layer": layer.layer_id, "neuron": int(layer.neuron_ids[i]),
+                "unit": layer.unit_label(layer.neuron_ids[i]),
+                "state": "stably_inactive" if inactive else "constant",
+                "proof": str(self.proof[k][i]) if inactive else why,
+                "epsilon": float(self.eps[k][i]) if inactive else 0.0})
+
+    def _channel_units(self, k: int) -> np.ndarray:
+        """Channel (position in the layer) of every emitted unit of layer ``k``."""
+        layer = self.layers[k]
+        return layer.emitted // (layer.out_hw[0] * layer.out_hw[1])
+
+    def _dead(self, k: int) -> np.ndarray:
+        """Channels of layer ``k`` whose every emitted unit is constant 0."""
+        layer, ch = self.layers[k], self._channel_units(k)
+        zero = self.const[k] & (self.value[k] == 0.0)
+        live = np.bincount(ch[~zero], minlength=layer.out_channels) > 0
+        return ~live
+
+    @staticmethod
+    def _depthwise(layer) -> bool:
+        return layer.group == layer.in_shape[0] and layer.kernel.shape[1] == 1
+
+    def remove_dead_channels(self) -> None:
+        """Producer ``k`` (a convolution of group 1), the depthwise layers right after it (pooling, scale),
+        and the consumer ``j`` (a convolution of group 1, or the dense head): a channel constant 0 all
+        along ``k..j-1`` goes from each of them and from ``j``'s input."""
+        n, k = len(self.layers), 0
+        while k < n:
+            j = k + 1
+            while j < n and self._depthwise(self.layers[j]):
+                j += 1
+            consumer_ok = self.layers[j].group == 1 if j < n else bool(self.folder.layers)
+            if self.layers[k].group == 1 and consumer_ok:
+                dead = np.logical_and.reduce([self._dead(m) for m in range(k, j)])
+                if dead.all():  # a layer keeps one channel (the rest of the network reads constants then)
+                    dead[0] = False
+                if dead.any():
+                    keep = ~dead
+                    for m in range(k, j):
+                        chan = self._channel_units(m)
+                        self.log(m, np.flatnonzero(dead[chan]), "inputs proven constant")
+                        self._keep(m, keep[chan], keep)
+                    if j < n:
+                        self.layers[j] = self.layers[j].keep_input_channels(keep)
+                    self.channels_removed[self.layers[k].layer_id] = self.channels_removed.get(
+                        self.layers[k].layer_id, 0) + int(dead.sum())
+            k = j
+
+    def _keep(self, k: int, unit_mask: np.ndarray, channel_mask: np.ndarray) -> None:
+        """Layer ``k`` keeps the channels in ``channel_mask``; its per-unit facts follow; the head's columns
+        follow when it is the last convolution."""
+        self.layers[k] = self.layers[k].keep_channels(channel_mask)
+        self.st_rows(k, unit_mask)
+        if k == len(self.layers) - 1 and self.folder.layers:
+            head = self.folder.layers[0]
+            head.w = head.w[:, unit_mask]
+
+    def st_rows(self, k: int, mask: np.ndarray) -> None:
+        """The per-unit facts of layer ``k`` for the units in ``mask`` only (after the layer lost the others)."""
+        for arr in (self.const, self.value, self.inactive, self.proof, self.eps):
+            arr[k] = arr[k][mask]
+
+    def fold_into_head(self) -> None:
+        """The last convolution's constant units: into the head's bias, their columns removed."""
+        k = len(self.layers) - 1
+        if k < 0 or not self.folder.layers:
+            return
+        head, const = self.folder.layers[0], self.const[k]
+        if not const.any():
+            return
+        head.b = head.b + head.w[:, const] @ self.value[k][const]
+        self.log(k, np.flatnonzero(const), "inputs proven constant")
+        self.drop_units(k, ~const)
+
+    def drop_units(self, k: int, keep: np.ndarray) -> None:
+        head = self.folder.layers[0]
+        head.w = head.w[:, keep]
+        self.layers[k] = self.layers[k].keep_units(keep)
+        self.st_rows(k, keep)
+
+    def drop_unread(self) -> None:
+        """Units of the last convolution that the folded head no longer reads (all-zero columns)."""
+        k = len(self.layers) - 1
+        if k < 0 or not self.folder.layers or self.folder.layers[0].w.shape[1] != self.layers[k].n_out:
+            return
+        unread = ~self.folder.layers[0].w.any(axis=0)
+        if unread.any():
+            for i in np.flatnonzero(unread):
+                self.folder.removed.append({"layer": self.layers[k].layer_id,
+                                            "neuron": int(self.layers[k].neuron_ids[i]),
+                                            "unit": self.layers[k].unit_label(self.layers[k].neuron_ids[i]),
+                                            "state": "unused", "proof": "zero outgoing weights", "epsilon": 0.0})
+            self.drop_units(k, ~unread)
 
 
 def epsilon_error_bound(net: Network, st: StabilityState) -> float:
@@ -199,7 +345,7 @@ def epsilon_error_bound(net: Network, st: StabilityState) -> float:
     through ``|W|`` of the later layers (ReLU is 1-Lipschitz)."""
     delta = np.zeros(net.input_size)
     for k, layer in enumerate(net.layers):
-        pre = np.abs(layer.weight) @ delta
+        pre = np.asarray(layer.weight_abs @ delta).reshape(-1)
         if k == len(net.layers) - 1:
             return float(pre.max(initial=0.0))
         certified = st.proven_inactive[k] | st.proven_active[k]
@@ -214,6 +360,7 @@ def stability_report(net: Network, st: StabilityState, removed: list, folded: li
         unstable = st.seen_active[k] & st.seen_inactive[k]
         layers.append({
             "layer": layer.layer_id,
+            **({"kind": "conv", "shape": list(layer.out_shape)} if is_conv(layer) else {}),
             "activation": layer.activation,
             "width": layer.n_out,
             "inactive": ids[st.proven_inactive[k]].tolist() if layer.is_relu else [],
@@ -235,10 +382,22 @@ def fold(net: Network, st: StabilityState, solver_info: dict | None = None) -> t
     stably inactive, active and undecided neurons, every removal with its proof, folded layers, totals,
     ``epsilon_error_bound``; ``constant`` when the network became a constant on the domain).
     ``solver_info`` (solver, status, ...) is added to the removals a MILP certified."""
-    folder = _Folder(net, st)
-    folder.run()
-    new, constant = folder.network(net)
+    start = 1 + max((k for k, layer in enumerate(net.layers) if is_conv(layer)), default=-1)
+    folder = _Folder(net, st, start)
+    prefix = _ConvPrefix(net, st, start, folder) if start else None
+    if prefix is not None:
+        prefix.remove_dead_channels()
+        prefix.fold_into_head()
+    if folder.layers:
+        folder.run()
+    if prefix is not None:
+        prefix.drop_unread()
+    new, constant = folder.network(net, prefix.layers if prefix is not None else ())
     report = stability_report(net, st, folder.removed, folder.folded_layers, solver_info or {})
+    if prefix is not None:
+        for entry in report["layers"]:
+            if entry["layer"] in prefix.channels_removed:
+                entry["channels_removed"] = prefix.channels_removed[entry["layer"]]
     if constant:
         report["constant"] = True
     return new, report

@@ -83,6 +83,8 @@ class PassSpec:
     uses: tuple = ()
     provides: tuple = ()
     doc: str = ""
+    conv: bool = False
+    """The pass handles convolution layers (``onnxcomp.conv.Conv``) as well as dense ones."""
 
     @property
     def exact(self) -> bool:
@@ -133,8 +135,9 @@ COMPOSITES: dict[str, Composite] = {}
 
 def register(name: str, *, kind: str, summary: str, paper: str = "", options: type = NoOptions,
              needs: Iterable[str] = (), requires: tuple | Callable = (), uses: Iterable[type] = (),
-             provides: Iterable[type] = ()):
-    """Decorator declaring ``fn(net, ctx, opts) -> PassResult`` as pass ``name``."""
+             provides: Iterable[type] = (), conv: bool = False):
+    """Decorator declaring ``fn(net, ctx, opts) -> PassResult`` as pass ``name``; ``conv``: it handles
+    convolution layers too."""
     if kind not in KIND_NAMES:
         raise ValueError(f"pass kind must be one of {', '.join(KIND_NAMES)}")
     bad = [n for n in needs if n not in NEEDS]
@@ -145,7 +148,7 @@ def register(name: str, *, kind: str, summary: str, paper: str = "", options: ty
     def deco(fn):
         doc = (sys.modules[fn.__module__].__doc__ or "").strip()
         REGISTRY[name] = PassSpec(name, kind, summary, fn, paper, options, tuple(needs), requires, tuple(uses),
-                                  tuple(provides), doc)
+                                  tuple(provides), doc, conv)
         return fn
 
     return deco
@@ -312,6 +315,7 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     original: Network | None = None
     source: str = "the model"
+    planned: tuple = ()
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -389,6 +393,13 @@ def plan(names: Sequence[str], ctx: Context) -> list[str]:
     return out
 
 
+def lowers_conv(names: Sequence[str]) -> bool:
+    """Whether a pipeline reads convolutions into the IR: only when every pass of it handles them (else the
+    convolutional prefix stays an opaque part of the graph, and the dense passes work on the head)."""
+    load_passes()
+    return all(REGISTRY[name].conv for name in expand(list(names)))
+
+
 def check_needs(spec: PassSpec, net: Network, ctx: Context) -> None:
     """Refuse, in one place and naming the pass and the flag, a pass whose inputs the user did not give."""
     missing = {
@@ -402,8 +413,16 @@ def check_needs(spec: PassSpec, net: Network, ctx: Context) -> None:
             why, flag = NEEDS[need]
             raise UsageError(f"pass '{spec.name}' {why}: give {flag}")
         if need == DOMAIN and net.onnx is not None and net.onnx.prefix_ops:
+            hint = ""
+            if spec.conv and "Conv" in net.onnx.prefix_ops:
+                others = sorted({n for n in ctx.planned if not REGISTRY[n].conv})
+                if others:
+                    hint = (f" (convolutions are read into the chain only when every pass handles them, and "
+                            f"{', '.join(others)} do{'es' if len(others) == 1 else ''} not yet: run '{spec.name}' "
+                            f"alone first, then the others on its output)")
             raise InputError(f"{ctx.source}: the chain starts after {', '.join(net.onnx.prefix_ops)} ops; pass "
-                             f"'{spec.name}' {NEEDS[DOMAIN][0]} and needs the chain to start at the model input")
+                             f"'{spec.name}' {NEEDS[DOMAIN][0]} and needs the chain to start at the model input"
+                             + hint)
 
 
 class PassManager:
@@ -413,6 +432,7 @@ class PassManager:
         load_passes()
         ctx.options.check_names()
         names = plan(expand(list(names)), ctx)
+        ctx.planned = tuple(names)
         for name in names:  # every need checked before any pass spends time
             check_needs(REGISTRY[name], net, ctx)
         if ctx.original is None:

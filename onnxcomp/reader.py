@@ -29,7 +29,7 @@ tensor read by several nodes) that stops the chain on the path from the model in
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 
 import numpy as np
@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto
 
 from .constfold import fold_constants
+from .conv import Conv, affine_channels, average_pool, conv_output_hw
 from .errors import InputError
 from .ir import LINEAR, RELU, Dense, Network
 from .onnxio import SUPPORTED_FLOAT, constant_values, elem_type_name, load_model, real_inputs, value_shape
@@ -101,6 +102,8 @@ class _Walk:
         self.post: tuple[np.ndarray, np.ndarray] | None = None
         self.n_linear = 0
         self.nodes: list[int] = []
+        self.pad: tuple | None = None  # an explicit Pad waiting for the Conv / AveragePool it pads
+        self.order: np.ndarray | None = None  # after a Relu: current[j] = (post applied to h)[order[j]]
 
     # ---- geometry ----------------------------------------------------------------------------
     @property
@@ -149,10 +152,21 @@ class _Walk:
             raise _Stop("non-finite constant")
         if not self.started:
             self.scale, self.offset = s * self.scale, s * self.offset + t
+        elif isinstance(self.pending, Conv):
+            conv = self.pending
+            cs = _per_channel(s, conv.out_channels)
+            if cs is None:
+                raise _Stop("a scale that varies within a channel after a convolution")
+            self.pending = replace(conv, kernel=conv.kernel * cs[:, None, None, None],
+                                   unit_bias=s.reshape(conv.unit_bias.shape) * conv.unit_bias + t.reshape(conv.unit_bias.shape))
         elif self.pending is not None:
             w, b, src = self.pending
             self.pending = (s[:, None] * w, s * b + t, src)
         else:
+            if self.order is not None:  # keep ``post`` in the order of the layer output it acts on
+                s_old, t_old = np.empty_like(s), np.empty_like(t)
+                s_old[self.order], t_old[self.order] = s, t
+                s, t = s_old, t_old
             s0, t0 = self.post if self.post is not None else (np.ones_like(s), np.zeros_like(t))
             self.post = (s * s0, s * t0 + t)
 
@@ -164,6 +178,10 @@ class _Walk:
             a, c = w, a @ self.offset + c
         elif self.pending is not None:
             self._finish(LINEAR)
+        if self.order is not None:
+            w = np.empty_like(a)
+            w[:, self.order] = a
+            a, self.order = w, None
         if self.post is not None:
             s, t = self.post
             a, c = a * s[None, :], c + a @ t
@@ -184,14 +202,90 @@ class _Walk:
         # otherwise Relu(Relu(x)) == Relu(x): nothing to do
 
     def _finish(self, activation: str) -> None:
-        w, b, src = self.pending
-        self.layers.append(Dense(w, b, activation, layer_id=len(self.layers), source=src))
+        if isinstance(self.pending, Conv):
+            self.layers.append(replace(self.pending, activation=activation, layer_id=len(self.layers)))
+        else:
+            w, b, src = self.pending
+            self.layers.append(Dense(w, b, activation, layer_id=len(self.layers), source=src))
         self.pending = None
 
     def _materialise_post(self, activation: str, source: str) -> None:
         s, t = self.post
-        self.layers.append(Dense(np.diag(s), t, activation, layer_id=len(self.layers), source=source))
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, Conv) and self.order is None:
+            # an elementwise map on a feature map: per channel, a 1x1 depthwise convolution
+            cs, ct = _per_channel(s, last.out_channels), _per_channel(t, last.out_channels)
+            if cs is None or ct is None or last.units is not None:
+                raise _Stop("an elementwise map that varies within a channel of a feature map")
+            self.layers.append(replace(affine_channels(last.out_shape, cs, ct, source=source),
+                                       activation=activation, layer_id=len(self.layers)))
+        else:
+            if self.order is not None:
+                raise _Stop("an elementwise map after reordered features")
+            self.layers.append(Dense(np.diag(s), t, activation, layer_id=len(self.layers), source=source))
         self.post = None
+
+    @property
+    def feature_map(self) -> tuple:
+        """(C, H, W) of the current NCHW tensor (one sample)."""
+        if self.layout != ROWS or len(self.shape) != 4 or any(not isinstance(d, int) for d in self.shape[1:]):
+            raise _Stop("needs a batch-first 4-D (NCHW) tensor of static size")
+        return tuple(int(d) for d in self.shape[1:])
+
+    def conv(self, kernel: np.ndarray, bias: np.ndarray, strides, pads, dilations, group: int, source: str,
+             op: str = "Conv") -> None:
+        """The current feature map goes through a convolution (pads add to any explicit Pad before it)."""
+        c, h, w = self.feature_map
+        pads = tuple(int(p) for p in pads)
+        if self.pad is not None:
+            pads = tuple(a + b for a, b in zip(pads, self.pad))
+            self.pad = None
+        kernel = np.asarray(kernel, dtype=np.float64)
+        bias = np.asarray(bias, dtype=np.float64)
+        cg = kernel.shape[1]
+        if cg * group != c:
+            raise _Stop(f"kernel {list(kernel.shape)} with group {group} does not read {c} channels")
+        # the per-channel affine map in front (input normalisation, or BatchNormalization after a Relu)
+        if not self.started:
+            if not np.array_equal(self.perm, np.arange(self.n_in)):
+                raise _Stop("reordered input features before a convolution")
+            s, t = self.scale, self.offset
+        elif isinstance(self.pending, Conv):
+            self._finish(LINEAR)
+            s, t = None, None
+        elif self.pending is not None:
+            raise _Stop("a convolution after a dense layer")
+        else:
+            if self.order is not None:
+                raise _Stop("a convolution of reordered features")
+            s, t = self.post if self.post is not None else (None, None)
+            self.post = None
+        if s is not None and not (np.all(s == 1.0) and np.all(t == 0.0)):
+            cs, ct = _per_channel(s, c), _per_channel(t, c)
+            if cs is None or ct is None:
+                raise _Stop("an elementwise map that varies within a channel before a convolution")
+            if not any(pads) or not np.any(ct):
+                # padded zeros stay zeros only when there is no shift to fold
+                in_ch = np.arange(c).reshape(group, cg)  # input channel read by each (group, slice)
+                per_out = in_ch[np.arange(kernel.shape[0]) // (kernel.shape[0] // group)]  # (C_out, cg)
+                bias = bias + np.einsum("oikl,oi->o", kernel, ct[per_out])
+                kernel = kernel * cs[per_out][:, :, None, None]
+            else:
+                self.layers.append(affine_channels((c, h, w), cs, ct, layer_id=len(self.layers),
+                                                   source="per-channel affine before a padded convolution"))
+                self.n_linear += 1
+        try:
+            if op == "AveragePool":
+                layer = average_pool((c, h, w), kernel.shape[2:], strides, pads, source=source)
+            else:
+                layer = Conv(kernel, bias, (c, h, w), strides, pads, dilations, group, activation=LINEAR,
+                             source=source)
+        except ValueError as exc:
+            raise _Stop(str(exc)) from None
+        self.pending = layer
+        self.n_linear += 1
+        batch = self.shape[0]
+        self.shape = (batch,) + layer.out_shape
 
     def finish(self) -> list[Dense]:
         if self.pending is not None:
@@ -203,16 +297,23 @@ class _Walk:
     def relayout(self, new_shape: tuple, new_layout: str, order: np.ndarray | None = None) -> None:
         """A reshape/transpose: same features, maybe reordered (``order[j]`` = old index of new j)."""
         if order is not None and not np.array_equal(order, np.arange(order.size)):
-            if self.started:
+            if isinstance(self.pending, Conv):  # a linear convolution (a pooling): a layer of its own
+                self._finish(LINEAR)
+            if self.started and self.pending is not None:
                 raise _Stop("feature reordering after a linear layer")
-            self.perm, self.scale, self.offset = self.perm[order], self.scale[order], self.offset[order]
-        if self.started and new_layout != VECTOR and len(new_shape) != 2:
+            if self.started:  # after a Relu: the next dense layer's columns take the order
+                self.order = order if self.order is None else self.order[order]
+            else:
+                self.perm, self.scale, self.offset = self.perm[order], self.scale[order], self.offset[order]
+        last = self.pending if self.pending is not None else (self.layers[-1] if self.layers else None)
+        if self.started and not isinstance(last, Conv) and new_layout != VECTOR and len(new_shape) != 2:
             raise _Stop("reshape to rank other than 2 after a linear layer")
         self.shape, self.layout = tuple(new_shape), new_layout
 
 
 class _Lowerer:
-    def __init__(self, model: onnx.ModelProto, source: str):
+    def __init__(self, model: onnx.ModelProto, source: str, conv: bool = False):
+        self.conv = conv
         self.model = model
         self.source = source
         self.graph = model.graph
@@ -299,6 +400,10 @@ class _Lowerer:
         handler = HANDLERS.get(node.op_type)
         if handler is None:
             raise _Stop("op not supported in the chain")
+        if node.op_type in CONV_OPS and not self.conv:
+            raise _Stop("op not supported in the chain")
+        if st.pad is not None and node.op_type not in ("Conv", "AveragePool"):
+            raise _Stop("a Pad that no convolution or average pooling absorbs")
         handler(self, st, _Call(node, _attrs(node), ins, data, others, node.name or node.output[0]))
         return node.output[0]
 
@@ -390,6 +495,13 @@ class _Lowerer:
         return best
 
 
+def _per_channel(v: np.ndarray, channels: int) -> np.ndarray | None:
+    """``v`` (one value per feature of a C x H x W map) as one value per channel, or None if it varies
+    within a channel."""
+    m = np.asarray(v, dtype=np.float64).reshape(channels, -1)
+    return m[:, 0].copy() if np.all(m == m[:, :1]) else None
+
+
 def _copy_walk(w: _Walk) -> _Walk:
     c = _Walk.__new__(_Walk)
     c.__dict__.update(w.__dict__)
@@ -411,6 +523,10 @@ class _Call:
     others: list
     src: str
 
+
+CONV_OPS = ("Conv", "AveragePool", "GlobalAveragePool", "Pad")
+"""Ops lowered into convolution layers only when asked (``lower(..., conv=True)``): the passes downstream
+of the reader do not all take convolution layers yet, so by default they stay in the opaque prefix."""
 
 HANDLERS: dict = {}
 """op type -> handler(lowerer, walk, call); the reader's table of what the chain absorbs."""
@@ -590,6 +706,133 @@ def _transpose(lw: _Lowerer, st: _Walk, c: _Call) -> None:
     st.relayout((st.shape[0],) + tuple(fshape[p - 1] for p in perm[1:]), ROWS, order)
 
 
+def _spatial_attrs(c: _Call, kernel_hw: tuple, in_hw: tuple) -> tuple:
+    """(strides, pads (top, left, bottom, right), dilations) of a 2-D Conv / pooling node; auto_pad resolved."""
+    a = c.attrs
+    strides = tuple(a.get("strides", (1, 1)))
+    dilations = tuple(a.get("dilations", (1, 1)))
+    if len(strides) != 2 or len(dilations) != 2:
+        raise _Stop("only 2-D convolutions and pooling")
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("NOTSET", ""):
+        p = tuple(a.get("pads", (0, 0, 0, 0)))
+        if len(p) != 4:
+            raise _Stop("only 2-D convolutions and pooling")
+        pads = (p[0], p[1], p[2], p[3])
+    elif auto == "VALID":
+        pads = (0, 0, 0, 0)
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max((-(-in_hw[i] // strides[i]) - 1) * strides[i] + dilations[i] * (kernel_hw[i] - 1) + 1 - in_hw[i], 0)
+                 for i in range(2)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        pads = (small[0], small[1], big[0], big[1]) if auto == "SAME_UPPER" else (big[0], big[1], small[0], small[1])
+    else:
+        raise _Stop(f"auto_pad {auto}")
+    if any(p < 0 for p in pads):
+        raise _Stop("negative padding")
+    return strides, pads, dilations
+
+
+@_handles("Conv")
+def _conv(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Conv(x, W, B) over a batch-first NCHW map (any stride, padding, dilation, group) -> Conv layer; a
+    BatchNormalization / per-channel affine right after it folds into its kernel, one before it (input
+    normalisation, or after a Relu) into its kernel when padding allows, else a 1x1 depthwise layer."""
+    if c.ins[0] != c.data:
+        raise _Stop("the chain tensor is not Conv's data input")
+    w = lw.const(c.ins[1])
+    if w is None or w.ndim != 4:
+        raise _Stop("only 2-D convolutions with a constant kernel")
+    w = w.astype(np.float64)
+    bias = lw.const(c.ins[2]).astype(np.float64).reshape(-1) if len(c.ins) > 2 and c.ins[2] else np.zeros(w.shape[0])
+    _, h, wd = st.feature_map
+    if st.pad is not None:
+        h, wd = h + st.pad[0] + st.pad[2], wd + st.pad[1] + st.pad[3]
+    strides, pads, dil = _spatial_attrs(c, w.shape[2:], (h, wd))
+    st.conv(w, bias, strides, pads, dil, int(c.attrs.get("group", 1)), c.src)
+
+
+@_handles("Gather")
+def _gather(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Gather of some flattened units of a convolution (axis 1, constant increasing indices: what the writer
+    emits when units of a feature map are proven constant) -> those units are the layer's output."""
+    idx = lw.const(c.ins[1]) if len(c.ins) > 1 and c.ins[0] == c.data else None
+    if idx is None:
+        raise _Stop("Gather of the chain tensor with computed indices")
+    idx = np.asarray(idx).reshape(-1) if np.asarray(idx).ndim == 1 else None
+    if idx is None or int(c.attrs.get("axis", 0)) != 1 or st.layout != ROWS or len(st.shape) != 2:
+        raise _Stop("Gather that is not a selection of features (axis 1 of [N, F], 1-D indices)")
+    if isinstance(st.pending, Conv):
+        st._finish(LINEAR)
+    last = st.layers[-1] if st.layers else None
+    if not isinstance(last, Conv) or st.pending is not None or st.post is not None or st.order is not None:
+        raise _Stop("Gather of features that are not a convolution's output")
+    idx = np.where(idx < 0, idx + st.width, idx)
+    if np.any(idx < 0) or np.any(idx >= st.width) or np.any(np.diff(idx) <= 0):
+        raise _Stop("Gather with indices that are not increasing and in range")
+    keep = np.zeros(last.n_out, bool)
+    keep[idx] = True
+    st.layers[-1] = last.keep_units(keep)
+    st.shape = (st.shape[0], int(idx.size))
+
+
+@_handles("AveragePool", "GlobalAveragePool")
+def _average_pool(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """AveragePool (padded zeros counted, or no padding; floor mode) / GlobalAveragePool -> a depthwise Conv
+    layer with kernel 1/(kh kw), written back as the pooling op."""
+    ch, h, wd = st.feature_map
+    if st.pad is not None:
+        h, wd = h + st.pad[0] + st.pad[2], wd + st.pad[1] + st.pad[3]
+    if c.node.op_type == "GlobalAveragePool":
+        if st.pad is not None:
+            raise _Stop("a Pad before a global pooling")
+        kernel_hw, strides, pads, dil = (h, wd), (1, 1), (0, 0, 0, 0), (1, 1)
+    else:
+        kernel_hw = tuple(c.attrs.get("kernel_shape", ()))
+        if len(kernel_hw) != 2:
+            raise _Stop("only 2-D pooling")
+        strides, pads, dil = _spatial_attrs(c, kernel_hw, (h, wd))
+        if dil != (1, 1):
+            raise _Stop("dilated pooling")
+        if (any(pads) or st.pad is not None) and not c.attrs.get("count_include_pad", 0):
+            raise _Stop("AveragePool over padding that is not counted is not a fixed kernel")
+        if c.attrs.get("ceil_mode", 0):
+            floor = conv_output_hw((h, wd), kernel_hw, strides, pads, (1, 1))
+            ceil = tuple(-(-(size + pads[i] + pads[i + 2] - kernel_hw[i]) // strides[i]) + 1
+                         for i, size in enumerate((h, wd)))
+            if floor != ceil:
+                raise _Stop("AveragePool in ceil mode with a partial window")
+    kernel = np.full((ch, 1) + tuple(kernel_hw), 1.0 / (kernel_hw[0] * kernel_hw[1]))
+    st.conv(kernel, np.zeros(ch), strides, pads, (1, 1), ch, c.src, op="AveragePool")
+
+
+@_handles("Pad")
+def _pad(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """Pad with zeros of the spatial axes of an NCHW map -> extra padding of the Conv / AveragePool after it."""
+    mode = c.attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        raise _Stop(f"Pad in {mode} mode")
+    pads = c.attrs.get("pads")
+    if pads is None and len(c.ins) > 1 and c.ins[1]:
+        pads = lw.const(c.ins[1])
+    value = 0.0
+    if len(c.ins) > 2 and c.ins[2]:
+        value = float(np.asarray(lw.const(c.ins[2])).reshape(-1)[0])
+    value = float(c.attrs.get("value", value))
+    if len(c.ins) > 3 and c.ins[3]:
+        raise _Stop("Pad with axes")
+    _ = st.feature_map  # refuses anything but an NCHW map
+    p = [int(v) for v in np.asarray(pads).reshape(-1)]
+    if value != 0.0 or len(p) != 8 or any(p[i] for i in (0, 1, 4, 5)) or any(v < 0 for v in p):
+        raise _Stop("Pad other than zeros around the spatial axes")
+    if st.pad is not None:
+        raise _Stop("two Pads in a row")
+    st.pad = (p[2], p[3], p[6], p[7])
+
+
 def check_input(model: onnx.ModelProto, source: str = "model") -> onnx.ValueInfoProto:
     """The model's single input, refused (``InputError`` naming ``source``) unless it is a float32 or
     float64 tensor with static, positive dims except a batch axis 0 (a 1-D input has no batch axis)."""
@@ -617,11 +860,14 @@ def check_input(model: onnx.ModelProto, source: str = "model") -> onnx.ValueInfo
     return inp
 
 
-def lower(model: onnx.ModelProto, source: str = "model") -> Network:
-    """Lower an in-memory ONNX model to a ``Network`` (raises ``InputError`` with ``source`` named)."""
+def lower(model: onnx.ModelProto, source: str = "model", conv: bool = False) -> Network:
+    """Lower an in-memory ONNX model to a ``Network`` (raises ``InputError`` with ``source`` named).
+
+    ``conv``: also lower Conv / AveragePool / GlobalAveragePool / Pad (and BatchNormalization around them)
+    into ``onnxcomp.conv.Conv`` layers, so the chain can start at the input of a convolutional model."""
     inp = check_input(model, source)
     elem = inp.type.tensor_type.elem_type
-    lw = _Lowerer(model, source)
+    lw = _Lowerer(model, source, conv=conv)
     lw.elem_type = elem
     walk = lw.best_chain()
     layers = walk.finish()
@@ -633,7 +879,8 @@ def lower(model: onnx.ModelProto, source: str = "model") -> Network:
                 raise InputError(f"{source}: {_node_label(node)} has NaN or Inf in constant '{name}'")
     # Finite constants can still overflow when folded together (1e200 * 1e200 in a float64 model).
     for k, layer in enumerate(layers):
-        if not (np.all(np.isfinite(layer.weight)) and np.all(np.isfinite(layer.bias))):
+        params = layer.kernel if isinstance(layer, Conv) else layer.weight
+        if not (np.all(np.isfinite(params)) and np.all(np.isfinite(layer.bias))):
             raise InputError(f"{source}: layer {k} (from '{layer.source}') has non-finite weights after folding its "
                              f"constants (values beyond float range)")
     chain_nodes = set(walk.nodes)
@@ -686,9 +933,9 @@ def _ancestors(lw: _Lowerer, tensor: str) -> set[int]:
     return seen
 
 
-def read(path: str | os.PathLike) -> Network:
-    """Load and lower an ONNX file."""
-    return lower(load_model(path), source=str(path))
+def read(path: str | os.PathLike, conv: bool = False) -> Network:
+    """Load and lower an ONNX file (``conv``: see :func:`lower`)."""
+    return lower(load_model(path), source=str(path), conv=conv)
 
 
 def has_prefix(net: Network) -> bool:

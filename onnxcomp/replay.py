@@ -33,6 +33,7 @@ from . import bab
 from .bounds import REL_MARGIN, crown_bounds, magnitudes
 from .certificate import claimed_state
 from .errors import InputError
+from .conv import is_conv
 from .ir import Box, Network
 from .leo import epsilon_error_bound, fold
 from .stability.state import epsilons
@@ -87,11 +88,23 @@ def compare_structure(expected: Network, candidate: Network, rel: float) -> str:
     if len(expected.layers) != len(candidate.layers):
         return f"the candidate has {len(candidate.layers)} layers, the certified rewrite {len(expected.layers)}"
     for k, (e, c) in enumerate(zip(expected.layers, candidate.layers)):
+        if type(e) is not type(c):
+            return f"layer {k}: the candidate's is a {type(c).__name__} layer, the certified rewrite's a {type(e).__name__}"
         if e.weight.shape != c.weight.shape:
             return f"layer {k}: the candidate's weight is {c.weight.shape}, the certified rewrite's {e.weight.shape}"
         if e.activation != c.activation:
             return f"layer {k}: the candidate's activation is {c.activation}, the certified rewrite's {e.activation}"
-        for what, a, b in (("weight", e.weight, c.weight), ("bias", e.bias, c.bias)):
+        if is_conv(e):
+            for what in ("in_shape", "strides", "pads", "dilations", "group"):
+                if getattr(e, what) != getattr(c, what):
+                    return (f"layer {k}: the candidate's convolution {what} is {getattr(c, what)}, the certified "
+                            f"rewrite's {getattr(e, what)}")
+            if not np.array_equal(e.emitted, c.emitted) or e.kernel.shape != c.kernel.shape:
+                return f"layer {k}: the candidate's convolution computes or emits other units than the certified rewrite"
+            arrays = (("kernel", e.kernel, c.kernel), ("bias", e.unit_bias, c.unit_bias))
+        else:
+            arrays = (("weight", e.weight, c.weight), ("bias", e.bias, c.bias))
+        for what, a, b in arrays:
             tol = rel * np.abs(a) + 1e-300
             bad = np.abs(a - b) > tol
             if bad.any():
@@ -112,7 +125,8 @@ def rounding_bound(expected: Network, candidate: Network, box: Box) -> float:
     x = np.maximum(np.abs(box.lo), np.abs(box.hi))
     d = np.zeros(expected.input_size)
     for k, (e, c) in enumerate(zip(expected.layers, candidate.layers)):
-        d = np.abs(c.weight) @ d + np.abs(c.weight - e.weight) @ x + np.abs(c.bias - e.bias)
+        d = (np.asarray(c.weight_abs @ d).reshape(-1) + np.asarray(abs(c.weight - e.weight) @ x).reshape(-1)
+             + np.abs(c.bias - e.bias))
         d = d + REL_MARGIN * mags[k][0] * 4
         lk, uk = b.lower[k][0], b.upper[k][0]
         x = np.maximum(np.abs(lk), np.abs(uk))
@@ -291,10 +305,9 @@ def reprove(net: Network, box: Box, claimed, deadline: Deadline, *, workers=None
         if k == 0 and (rest_in.any() or rest_act.any()):
             # the first layer is linear in the input: its extreme over the box is at a vertex, and the bound
             # not showing a claim means that vertex refutes it
-            w = net.layers[0].weight
             for i in np.flatnonzero(rest_in | rest_act):
                 up = rest_in[i]
-                x = np.where((w[i] > 0) == up, box.hi, box.lo)
+                x = np.where((net.layers[0].rows([i])[0] > 0) == up, box.hi, box.lo)
                 y = float(net.layers[0].preactivation(x[None, :])[0, i])
                 if (y >= allow[i]) if up else (y <= -allow[i]):
                     failed.append({"layer": net.layers[0].layer_id, "neuron": net.layers[0].neuron_ids[i],
@@ -348,7 +361,7 @@ def _split_layer(net, box, k, rest_in, rest_act, allow, clip, deadline: Deadline
 def _milp_layer(net, box, k, rest_in, rest_act, allow, b, deadline: Deadline, workers, solver):
     from .stability.feasibility import ACTIVE, INACTIVE, SideTask, SideUnit, solve_sides
 
-    weights = [layer.weight for layer in net.layers[:k + 1]]
+    weights = [layer.weight.toarray() if is_conv(layer) else layer.weight for layer in net.layers[:k + 1]]
     biases = [layer.bias for layer in net.layers[:k + 1]]
     relu = [layer.is_relu for layer in net.layers[:k + 1]]
     # big-M from the bounds with the earlier claims entered (an exact claim fixes the state: u = 0 or l = 0)

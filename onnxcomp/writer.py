@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
 from .interrupt import WRITE_LOCK, WRITTEN
+from .conv import Conv
 from .ir import Dense, Network
 from .onnxio import SUPPORTED_FLOAT, real_inputs
 from .reader import COLS, ROWS, VECTOR, OnnxContext
@@ -111,7 +112,19 @@ def to_model(
 
     chain_nodes, chain_inits, chain_sparse, pre_outputs = [], [], [], []
     cur = ctx.chain_input
-    if ctx.input_layout == ROWS and len(ctx.input_shape) > 2:
+    first = net.layers[0]
+    if isinstance(first, Conv):
+        # a convolution reads the NCHW map: the input as it is, or reshaped to it
+        if not (ctx.input_layout == ROWS and tuple(ctx.input_shape[1:]) == first.in_shape):
+            if ctx.input_layout == COLS:
+                nxt = names("onnxcomp/rows")
+                chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
+                cur = nxt
+            shp, nxt = names("onnxcomp/map_shape"), names("onnxcomp/map")
+            chain_inits.append(numpy_helper.from_array(np.array((-1,) + first.in_shape, dtype=np.int64), shp))
+            chain_nodes.append(helper.make_node("Reshape", [cur, shp], [nxt], name=names("onnxcomp/to_map")))
+            cur = nxt
+    elif ctx.input_layout == ROWS and len(ctx.input_shape) > 2:
         nxt = names("onnxcomp/flat")
         chain_nodes.append(helper.make_node("Flatten", [cur], [nxt], axis=1, name=names("onnxcomp/flatten")))
         cur = nxt
@@ -127,14 +140,36 @@ def to_model(
 
     n = len(net.layers)
     direct_out = ctx.output_layout == ROWS
+    flat = True  # whether ``cur`` is [N, features] (else an NCHW map)
     for k, layer in enumerate(net.layers):
+        last = k == n - 1
+        if isinstance(layer, Conv):
+            nodes_k, inits_k, cur, pre = _conv_layer(layer, k, cur, np_dtype, names, expose_preactivations)
+            chain_nodes += nodes_k
+            chain_inits += inits_k
+            if pre is not None:
+                pre_outputs.append((pre, layer.n_out))
+            flat = False
+            if last or not isinstance(net.layers[k + 1], Conv):
+                out = ctx.chain_output if (last and direct_out and len(ctx.output_shape) == 4) else None
+                if out is not None:
+                    chain_nodes.append(helper.make_node("Identity", [cur], [out], name=names("onnxcomp/output")))
+                    cur = out
+                else:
+                    f_nodes, f_inits, cur = _flatten_units(layer, cur, names, f"act{k}",
+                                                           ctx.chain_output if (last and direct_out) else None)
+                    chain_nodes += f_nodes
+                    chain_inits += f_inits
+                    flat = True
+            continue
+        if not flat:
+            raise ValueError(f"layer {k}: a dense layer reads an unflattened feature map")
         w_nodes, w_inits, w_sparse, w_name = _weight_tensors(layer, k, np_dtype, names, opset, plain_weights)
         chain_nodes += w_nodes
         chain_inits += w_inits
         chain_sparse += w_sparse
         b_name = names(f"onnxcomp.layer{k}.bias")
         chain_inits.append(numpy_helper.from_array(np.asarray(layer.bias, dtype=np_dtype), b_name))
-        last = k == n - 1
         direct = last and direct_out and not layer.is_relu and not expose_preactivations
         pre = ctx.chain_output if direct else names(f"{PRE_PREFIX}{k}")
         chain_nodes.append(helper.make_node("Gemm", [cur, w_name, b_name], [pre], transB=1, name=names(f"onnxcomp/gemm{k}")))
@@ -144,7 +179,7 @@ def to_model(
             act = ctx.chain_output if (last and direct_out) else names(f"onnxcomp/act{k}")
             chain_nodes.append(helper.make_node("Relu", [pre], [act], name=names(f"onnxcomp/relu{k}")))
             cur = act
-    if direct_out and not net.layers[-1].is_relu and expose_preactivations:
+    if direct_out and not net.layers[-1].is_relu and expose_preactivations and not isinstance(net.layers[-1], Conv):
         chain_nodes.append(helper.make_node("Identity", [cur], [ctx.chain_output], name=names("onnxcomp/output")))
     if ctx.output_layout == VECTOR:
         shp = names("onnxcomp/vec_shape")
@@ -190,6 +225,61 @@ def to_model(
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     return model
+
+
+def _conv_layer(layer: Conv, k: int, cur: str, np_dtype, names: _Names, expose: bool):
+    """Nodes and initializers of one convolution layer on the NCHW map ``cur``: the Conv (or AveragePool)
+    with its bias (an Add when the bias varies within a channel) and Relu.  Returns (nodes, inits, the
+    output map's name, the exposed [N, n_out] pre-activation's name or None)."""
+    nodes, inits = [], []
+    pre = names(f"onnxcomp/convpre{k}")
+    attrs = {"strides": list(layer.strides), "pads": list(layer.pads)}
+    if layer.is_plain_average_pool:
+        nodes.append(helper.make_node("AveragePool", [cur], [pre], kernel_shape=list(layer.kernel.shape[2:]),
+                                      count_include_pad=1, name=names(f"onnxcomp/avgpool{k}"), **attrs))
+    else:
+        w_name = names(f"onnxcomp.layer{k}.kernel")
+        inits.append(numpy_helper.from_array(np.asarray(layer.kernel, dtype=np_dtype), w_name))
+        ins = [cur, w_name]
+        per_channel = layer.bias_per_channel
+        if per_channel is not None and np.any(per_channel):
+            b_name = names(f"onnxcomp.layer{k}.bias")
+            inits.append(numpy_helper.from_array(np.asarray(per_channel, dtype=np_dtype), b_name))
+            ins.append(b_name)
+        out = pre if per_channel is not None else names(f"onnxcomp/conv{k}")
+        nodes.append(helper.make_node("Conv", ins, [out], kernel_shape=list(layer.kernel.shape[2:]),
+                                      dilations=list(layer.dilations), group=layer.group,
+                                      name=names(f"onnxcomp/conv{k}"), **attrs))
+        if per_channel is None:
+            b_name = names(f"onnxcomp.layer{k}.unit_bias")
+            inits.append(numpy_helper.from_array(np.asarray(layer.unit_bias[None], dtype=np_dtype), b_name))
+            nodes.append(helper.make_node("Add", [out, b_name], [pre], name=names(f"onnxcomp/conv_bias{k}")))
+    exposed = None
+    if expose:
+        f_nodes, f_inits, exposed = _flatten_units(layer, pre, names, f"pre{k}", names(f"{PRE_PREFIX}{k}"))
+        nodes += f_nodes
+        inits += f_inits
+    cur = pre
+    if layer.is_relu:
+        act = names(f"onnxcomp/act{k}")
+        nodes.append(helper.make_node("Relu", [pre], [act], name=names(f"onnxcomp/relu{k}")))
+        cur = act
+    return nodes, inits, cur, exposed
+
+
+def _flatten_units(layer: Conv, cur: str, names: _Names, tag: str, out: str | None):
+    """``cur`` (the layer's NCHW map) as [N, n_out]: Flatten, then Gather of the emitted units when the layer
+    keeps only some."""
+    nodes, inits = [], []
+    flat = out if (out is not None and layer.units is None) else names(f"onnxcomp/flat_{tag}")
+    nodes.append(helper.make_node("Flatten", [cur], [flat], axis=1, name=names(f"onnxcomp/flatten_{tag}")))
+    if layer.units is None:
+        return nodes, inits, flat
+    idx = names(f"onnxcomp/units_{tag}")
+    inits.append(numpy_helper.from_array(np.asarray(layer.units, dtype=np.int64), idx))
+    gathered = out if out is not None else names(f"onnxcomp/kept_{tag}")
+    nodes.append(helper.make_node("Gather", [flat, idx], [gathered], axis=1, name=names(f"onnxcomp/gather_{tag}")))
+    return nodes, inits, gathered
 
 
 def _referenced_names(nodes) -> set[str]:

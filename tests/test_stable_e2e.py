@@ -1,7 +1,8 @@
 """``onnxcomp run -p stable`` end to end, as users run it (subprocess): a fixture MLP over 0:1 and ACAS Xu over
 its vnnlib property shrink with proofs in the report (original numbering), verification passes, the stable
 sets hold on dense samples of the domain, ``onnxcomp verify`` accepts the output; a domain where nothing is
-stable changes nothing; a model whose dense chain starts after a Conv prefix is refused with one line."""
+stable changes nothing; the convolutional oval21 model shrinks with a certificate that ``verify --formal``
+replays, and refuses with one line a pipeline with a pass that cannot read its convolutions."""
 
 from __future__ import annotations
 
@@ -138,15 +139,54 @@ def test_a_domain_where_nothing_is_stable_changes_nothing(tmp_path):
     assert all(not l["inactive"] and not l["active"] for l in r["stable"]["layers"])
 
 
-@pytest.mark.parametrize("passes", ["stable", "bounds"])
-def test_a_conv_prefix_is_refused_with_one_line(tmp_path, passes):
+def test_a_conv_prefix_with_a_pass_that_cannot_read_it_is_refused_with_one_line(tmp_path):
     out = tmp_path / "never.onnx"
-    code, stdout, stderr = onnxcomp("run", OVAL, "-p", passes, "--domain", "0:1", "-o", out)
+    code, stdout, stderr = onnxcomp("run", OVAL, "-p", "stable,lap", "--domain", "0:1", "-o", out)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: ") and "Traceback" not in stderr
-    assert "Conv" in lines[0] and "cifar_base_kw.onnx" in lines[0]
+    assert "Conv" in lines[0] and "cifar_base_kw.onnx" in lines[0] and "prune" in lines[0]
     assert not out.exists()
+
+
+OVAL_BOX = OVAL.parent / "cifar_base_kw-img1598-eps0.0026143790849673205.vnnlib"
+
+
+def test_cifar_cnn_over_its_box_shrinks_with_a_certificate_formal_verify_replays(tmp_path):
+    """The convolutional oval21 model: dead channels and constant head inputs go, the head folds, the file
+    is at least 30 % smaller, every removal names its proof, and ``verify --formal`` replays the certificate."""
+    out, r = run_stable(tmp_path, OVAL, str(OVAL_BOX), "--time-limit", "300")
+    before, after = r["model"]["before"], r["model"]["after"]
+    assert after["file_bytes"] <= 0.7 * before["file_bytes"] and after["nonzero_params"] < before["nonzero_params"]
+    assert after["macs"] < before["macs"]  # dead channels leave the convolutions
+    assert r["verification"]["passed"] and r["verification"]["against"] == "original"
+    stable = r["stable"]
+    conv_layers = [l for l in stable["layers"] if l.get("kind") == "conv"]
+    assert [l["layer"] for l in conv_layers] == [0, 1] and conv_layers[0]["shape"] == [8, 16, 16]
+    assert conv_layers[0].get("channels_removed", 0) >= 1
+    by_layer = {l["layer"]: l for l in stable["layers"]}
+    for e in stable["removed"]:
+        layer = by_layer[e["layer"]]
+        if e["state"] == "stably_inactive":
+            assert e["neuron"] in layer["inactive"] and e["proof"] in CERTIFICATES
+        if layer.get("kind") == "conv":
+            assert e["unit"].startswith("channel ") and e["state"] in ("stably_inactive", "constant", "unused")
+    head = by_layer[2]  # every stably inactive head neuron is removed
+    assert set(head["inactive"]) <= {e["neuron"] for e in stable["removed"] if e["layer"] == 2}
+    net = read(OVAL, conv=True)
+    box = parse_domain(str(OVAL_BOX), net.input_size)
+    rng = np.random.default_rng(0)
+    x = np.vstack([box.sample(2000, rng), box.corners(64, rng)])
+    _, pres = net.forward(x, preactivations=True)
+    for layer in stable["layers"]:
+        y = pres[layer["layer"]]
+        assert np.all(y[:, layer["inactive"]] <= 0) and np.all(y[:, layer["active"]] >= 0)
+    (want,) = run_ort(onnx.load(OVAL), x.astype(np.float32))
+    (got,) = run_ort(onnx.load(out), x.astype(np.float32))
+    assert_same(got, want, rtol=1e-4)
+    code, stdout, stderr = onnxcomp("verify", OVAL, out, "--formal", "--time-limit", "120")
+    assert code == 0, stderr
+    assert "certificate replay" in stdout and "certified max |diff|" in stdout
 
 
 NANO = ROOT / "models" / "external" / "vnncomp-test" / "test_nano.onnx"  # one Gemm + Relu: no hidden layer

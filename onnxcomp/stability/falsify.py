@@ -38,11 +38,11 @@ def preactivation_gradients(net: Network, x: np.ndarray, layer: int, neurons: np
         masks.append(mask)
         h = np.where(mask, y, 0.0) if net.layers[k].is_relu else y
     target = net.layers[layer]
-    value = np.einsum("rj,rj->r", h, target.weight[neurons]) + target.bias[neurons]
-    grad = target.weight[neurons].copy()  # d y / d h_{layer-1}, one row per sample
+    grad = target.rows(neurons)  # d y / d h_{layer-1}, one row per sample (a copy, dense)
+    value = np.einsum("rj,rj->r", h, grad) + target.bias[neurons]
     for k in range(layer - 1, -1, -1):
         grad = grad * masks[k]
-        grad = grad @ net.layers[k].weight
+        grad = np.asarray(grad @ net.layers[k].weight)  # a convolution's transpose when the layer is one
     return value, grad
 
 

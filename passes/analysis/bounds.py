@@ -17,7 +17,7 @@ class BoundsOptions:
                                 "or interval", choices=METHODS)
 
 
-@register("bounds", kind=ANALYSIS, options=BoundsOptions, needs=(DOMAIN,), uses=(ActivationStats, Stability),
+@register("bounds", conv=True, kind=ANALYSIS, options=BoundsOptions, needs=(DOMAIN,), uses=(ActivationStats, Stability),
           provides=(DomainBounds, Stability),
           summary="sound pre-activation bounds (interval + CROWN back-substitution) and the stability they prove",
           paper="ISA §4 (big-M); CROWN/DeepPoly")

@@ -19,7 +19,7 @@ class FalsifyOptions:
                                   gt=0.0, max=1.0)
 
 
-@register("falsify", kind=ANALYSIS, options=FalsifyOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
+@register("falsify", conv=True, kind=ANALYSIS, options=FalsifyOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
           uses=(ActivationStats,), provides=(Stability,),
           summary="witness search for undecided neurons: samples, box vertices, projected gradient steps",
           paper="ISA §5 (disproving stability is easy)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxcomp.conv import dense_view
 from onnxcomp.milp import SOLVERS
 from onnxcomp.options import option
 from onnxcomp.pipeline import ANALYSIS, DOMAIN, PassResult, register
@@ -32,7 +33,7 @@ class MilpOptions:
                                     "input gets a MILP", gt=0.0, max=1.0)
 
 
-@register("milp", kind=ANALYSIS, options=MilpOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
+@register("milp", conv=True, kind=ANALYSIS, options=MilpOptions, needs=(DOMAIN,), requires=(Stability, DomainBounds),
           uses=(ActivationStats,), provides=(Stability,),
           summary="prove the remaining neurons stable (per-side proofs layer by layer, input splitting, ISA's one MILP, "
                   "or per-neuron MILPs)",
@@ -40,6 +41,14 @@ class MilpOptions:
 def run(net, ctx, opts: MilpOptions) -> PassResult:
     bounds = ctx.get(DomainBounds)
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
+    if net.has_conv:
+        # the solvers take explicit rows; the same units in the same order, so the findings carry over
+        view = dense_view(net)
+        if view is None:
+            ctx.warn("the convolutions are too large for the MILP stage's explicit rows; the neurons the bounds "
+                     "left undecided are kept")
+            return PassResult((stability,), entry={"message": "skipped: convolutions too large for explicit rows"})
+        net = view
     setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,

@@ -14,7 +14,7 @@ class SampleOptions:
     covariance: bool = option(False, "also accumulate the post-activation second moments E[x xᵀ] of every layer")
 
 
-@register("sample", kind=ANALYSIS, options=SampleOptions, needs=(INPUTS,), provides=(ActivationStats,),
+@register("sample", conv=True, kind=ANALYSIS, options=SampleOptions, needs=(INPUTS,), provides=(ActivationStats,),
           summary="activation statistics on data, domain samples and corners (onnxruntime)",
           paper="ISA §5.3 (preprocessing)")
 def run(net, ctx, opts: SampleOptions) -> PassResult:

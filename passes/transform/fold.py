@@ -9,7 +9,7 @@ from onnxcomp.sampling import ActivationStats
 from onnxcomp.stability import Stability
 
 
-@register("fold", kind=EXACT, requires=(Stability,), uses=(ActivationStats,),
+@register("fold", conv=True, kind=EXACT, requires=(Stability,), uses=(ActivationStats,),
           summary="LEO++: delete stably inactive neurons, merge stably active ones, fold affine layers",
           paper="ISA Appendix A5 (LEO++)")
 def run(net, ctx, opts) -> PassResult:

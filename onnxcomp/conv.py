@@ -1,0 +1,328 @@
+"""Convolution layers of the IR: ``Conv`` (with any BatchNormalization folded in, and average pooling as
+the depthwise convolution it is).
+
+A ``Conv`` is one layer of the chain, like ``Dense``: it maps one flattened sample (the input feature map
+``in_shape = (C_in, H, W)`` in C order, as ONNX's NCHW tensors flatten) to its output units, and it answers
+the same questions a pass asks of a layer: ``n_in``, ``n_out``, ``weight`` (the linear map), ``bias``,
+``activation``, ``neuron_ids``, ``preactivation`` and ``apply``.  What differs is how the map is held:
+
+* the parameters are the kernel ``(C_out, C_in / group, kh, kw)`` and a bias per output unit
+  (``unit_bias``, shape ``(C_out, H_out, W_out)``; a per-channel bias, as ONNX's Conv has, is the common
+  case), with ONNX's geometry (``strides``, ``pads`` = (top, left, bottom, right), ``dilations``,
+  ``group``);
+* ``weight`` is the same linear map as a scipy CSR matrix (one row per output unit, one entry per kernel
+  tap that lands inside the input: ``units x fan_in`` entries), built once on first use.  The dense Toeplitz
+  matrix is never formed; every propagation (interval, CROWN back-substitution, a MILP's rows) reads this
+  sparse operator, whose products are exactly the convolution and its transpose.
+
+Neuron identity: an output unit is (channel, row, column) of the ORIGINAL layer; ``neuron_ids[i]`` is
+``channel * H_out * W_out + row * W_out + column`` in that numbering (``unit_label`` spells it out), so
+removing channels or units never renumbers what a report says.  ``channel_ids`` are the original
+output channels still present; ``units`` (``None`` = all) lists which units of the present channels the
+layer emits: a unit proven constant can leave the layer's output when the next layer is dense (the
+writer emits a ``Gather`` after the ``Flatten``), while the convolution still computes its channel.
+
+``op == "AveragePool"`` marks a layer read from an AveragePool / GlobalAveragePool (a depthwise kernel of
+``1 / (kh kw)``); the writer writes it back as the pooling op while its kernel is still that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+
+from .ir import ACTIVATIONS, RELU, frozen_array
+
+
+def conv_output_hw(in_hw: tuple, kernel_hw: tuple, strides: tuple, pads: tuple, dilations: tuple) -> tuple:
+    """(H_out, W_out) of a convolution (floor mode, as ONNX's Conv)."""
+    out = []
+    for axis in range(2):
+        size = in_hw[axis] + pads[axis] + pads[axis + 2] - dilations[axis] * (kernel_hw[axis] - 1) - 1
+        out.append(size // strides[axis] + 1)
+    return tuple(int(v) for v in out)
+
+
+@dataclass(frozen=True, eq=False)
+class Conv:
+    """``activation(conv(x, kernel) + unit_bias)`` on one flattened feature map; see the module docstring."""
+
+    kernel: np.ndarray
+    unit_bias: np.ndarray
+    in_shape: tuple
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    dilations: tuple = (1, 1)
+    group: int = 1
+    activation: str = RELU
+    layer_id: int = 0
+    channel_ids: tuple = ()
+    units: tuple | None = None
+    source: str = ""
+    op: str = "Conv"
+    orig_channels: int = 0
+
+    def __post_init__(self) -> None:
+        k = np.asarray(self.kernel, dtype=np.float64)
+        if k.ndim != 4:
+            raise ValueError(f"Conv kernel must be 4-D, got shape {k.shape}")
+        in_shape = tuple(int(d) for d in self.in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv input shape must be (C, H, W), got {in_shape}")
+        group = int(self.group)
+        if group < 1 or in_shape[0] % group or k.shape[1] * group != in_shape[0]:
+            raise ValueError(f"Conv kernel {k.shape} with group {group} does not read {in_shape[0]} channels")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        for name, n in (("strides", 2), ("pads", 4), ("dilations", 2)):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Conv {name} must have {n} entries")
+        object.__setattr__(self, "in_shape", in_shape)
+        object.__setattr__(self, "group", group)
+        object.__setattr__(self, "kernel", frozen_array(k))
+        ho, wo = conv_output_hw(in_shape[1:], k.shape[2:], self.strides, self.pads, self.dilations)
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"Conv output would be empty ({ho} x {wo})")
+        b = np.asarray(self.unit_bias, dtype=np.float64)
+        if b.ndim == 1 and b.size == k.shape[0]:
+            b = np.broadcast_to(b[:, None, None], (k.shape[0], ho, wo))
+        b = b.reshape(k.shape[0], ho, wo)
+        object.__setattr__(self, "unit_bias", frozen_array(b))
+        ids = tuple(int(c) for c in self.channel_ids) if self.channel_ids else tuple(range(k.shape[0]))
+        if len(ids) != k.shape[0]:
+            raise ValueError(f"Conv has {k.shape[0]} channels but {len(ids)} channel_ids")
+        object.__setattr__(self, "channel_ids", ids)
+        if not self.orig_channels:
+            object.__setattr__(self, "orig_channels", max(ids) + 1 if ids else 0)
+        if self.units is not None:
+            units = tuple(int(u) for u in self.units)
+            total = k.shape[0] * ho * wo
+            if any(u < 0 or u >= total for u in units) or list(units) != sorted(set(units)):
+                raise ValueError("Conv units must be increasing indices of its output units")
+            object.__setattr__(self, "units", units)
+
+    # ---- shape facts -------------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def out_hw(self) -> tuple:
+        return tuple(self.unit_bias.shape[1:])
+
+    @property
+    def out_shape(self) -> tuple:
+        """(C_out, H_out, W_out) of the full feature map the convolution computes."""
+        return (self.out_channels,) + self.out_hw
+
+    @property
+    def n_in(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def n_full(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def n_out(self) -> int:
+        return self.n_full if self.units is None else len(self.units)
+
+    @property
+    def is_relu(self) -> bool:
+        return self.activation == RELU
+
+    @property
+    def quant(self):
+        return None
+
+    @cached_property
+    def emitted(self) -> np.ndarray:
+        """Indices, into the full map of the present channels, of the units this layer outputs."""
+        return np.arange(self.n_full) if self.units is None else np.asarray(self.units, dtype=np.int64)
+
+    @cached_property
+    def neuron_ids(self) -> tuple:
+        hw = self.out_hw[0] * self.out_hw[1]
+        ch = np.asarray(self.channel_ids, dtype=np.int64)[self.emitted // hw]
+        return tuple(int(v) for v in ch * hw + self.emitted % hw)
+
+    def unit_label(self, neuron_id: int) -> str:
+        """'channel c, row r, column q' of an original unit id."""
+        ho, wo = self.out_hw
+        c, rest = divmod(int(neuron_id), ho * wo)
+        return f"channel {c}, row {rest // wo}, column {rest % wo}"
+
+    @property
+    def params(self) -> int:
+        per_channel = self.bias_per_channel is not None
+        return int(self.kernel.size + (self.out_channels if per_channel else self.unit_bias.size))
+
+    @property
+    def nonzero_params(self) -> int:
+        b = self.bias_per_channel
+        return int(np.count_nonzero(self.kernel) + np.count_nonzero(b if b is not None else self.unit_bias))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per sample: every kernel tap at every output position of every channel."""
+        return int(self.kernel[0].size * self.n_full)
+
+    @cached_property
+    def bias_per_channel(self) -> np.ndarray | None:
+        """The bias as one value per channel when it is (ONNX Conv's form), else ``None``."""
+        b = self.unit_bias.reshape(self.out_channels, -1)
+        if b.shape[1] == 0 or np.all(b == b[:, :1]):
+            return b[:, 0].copy()
+        return None
+
+    @property
+    def is_plain_average_pool(self) -> bool:
+        """Still exactly the AveragePool it was read from (uniform depthwise kernel, zero bias)."""
+        if self.op != "AveragePool" or self.group != self.in_shape[0] or self.kernel.shape[1] != 1:
+            return False
+        taps = self.kernel.shape[2] * self.kernel.shape[3]
+        return bool(np.all(self.kernel == 1.0 / taps) and not np.any(self.unit_bias))
+
+    # ---- the linear map ----------------------------------------------------------------------
+    @cached_property
+    def weight(self):
+        """The layer's linear map as a read-only-in-spirit CSR matrix (n_out x n_in), built from the kernel."""
+        import scipy.sparse as sp
+
+        rows, cols, vals = self._taps(self.emitted)
+        mat = sp.csr_matrix((vals, (rows, cols)), shape=(self.n_out, self.n_in))
+        mat.sum_duplicates()
+        return mat
+
+    def _taps(self, units: np.ndarray):
+        """(row, column, value) of every kernel tap of the given output units (row = position in ``units``)."""
+        c_out, cg, kh, kw = self.kernel.shape
+        c_in, h, w = self.in_shape
+        ho, wo = self.out_hw
+        per_group = c_out // self.group
+        ch, pos = np.divmod(units, ho * wo)
+        oy, ox = np.divmod(pos, wo)
+        g = ch // per_group
+        ci = np.arange(cg)
+        ky, kx = np.arange(kh), np.arange(kw)
+        # broadcast to (units, cg, kh, kw)
+        iy = oy[:, None, None, None] * self.strides[0] - self.pads[0] + ky[None, None, :, None] * self.dilations[0]
+        ix = ox[:, None, None, None] * self.strides[1] - self.pads[1] + kx[None, None, None, :] * self.dilations[1]
+        cin = g[:, None, None, None] * cg + ci[None, :, None, None]
+        shape = (units.size, cg, kh, kw)
+        iy, ix, cin = np.broadcast_to(iy, shape), np.broadcast_to(ix, shape), np.broadcast_to(cin, shape)
+        vals = np.broadcast_to(self.kernel[ch][:, :, :, :], shape)
+        row = np.broadcast_to(np.arange(units.size)[:, None, None, None], shape)
+        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        col = (cin * h + iy) * w + ix
+        return row[ok], col[ok], vals[ok]
+
+    @cached_property
+    def bias(self) -> np.ndarray:
+        return frozen_array(self.unit_bias.reshape(-1)[self.emitted])
+
+    @cached_property
+    def weight_abs(self):
+        return abs(self.weight)
+
+    @cached_property
+    def weight_pos(self):
+        return self.weight.maximum(0)
+
+    @cached_property
+    def weight_neg(self):
+        return self.weight.minimum(0)
+
+    def rows(self, idx) -> np.ndarray:
+        """Dense rows ``weight[idx]`` (len(idx), n_in): the few a MILP row or one objective needs."""
+        return self.weight[np.asarray(idx, dtype=np.int64)].toarray()
+
+    def preactivation(self, x: np.ndarray) -> np.ndarray:
+        """Pre-activation for a batch ``x`` of shape (N, n_in)."""
+        return np.asarray(x @ self.weight.T) + self.bias
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        y = self.preactivation(x)
+        return np.maximum(y, 0.0) if self.is_relu else y
+
+    # ---- structural edits (each returns a new layer) ------------------------------------------
+    def keep_channels(self, keep: np.ndarray) -> "Conv":
+        """Only the output channels in the boolean mask ``keep`` (their units with them)."""
+        keep = np.asarray(keep, dtype=bool)
+        hw = self.out_hw[0] * self.out_hw[1]
+        new_index = np.cumsum(keep) - 1
+        units = None
+        if self.units is not None:
+            em = self.emitted
+            stay = keep[em // hw]
+            units = tuple(int(new_index[c] * hw + p) for c, p in zip(em[stay] // hw, em[stay] % hw))
+        group = self.group
+        if group > 1:
+            if group != self.in_shape[0] or self.kernel.shape[1] != 1:
+                raise ValueError("channels of a grouped (not depthwise) convolution cannot be removed one by one")
+        return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep],
+                       channel_ids=tuple(c for c, m in zip(self.channel_ids, keep) if m), units=units,
+                       **({"in_shape": (int(keep.sum()),) + self.in_shape[1:], "group": int(keep.sum())}
+                          if group > 1 else {}))
+
+    def keep_input_channels(self, keep: np.ndarray) -> "Conv":
+        """Drop input channels (group 1 only): the kernel's slices that read them."""
+        if self.group != 1:
+            raise ValueError("input channels of a grouped convolution are removed with its output channels")
+        keep = np.asarray(keep, dtype=bool)
+        return replace(self, kernel=self.kernel[:, keep], in_shape=(int(keep.sum()),) + self.in_shape[1:])
+
+    def keep_units(self, keep: np.ndarray) -> "Conv":
+        """Only the emitted units in the boolean mask ``keep`` (over the current ``n_out``) stay outputs."""
+        keep = np.asarray(keep, dtype=bool)
+        return replace(self, units=tuple(int(u) for u in self.emitted[keep]))
+
+    def fingerprint_arrays(self) -> list:
+        geometry = np.asarray(self.in_shape + self.strides + self.pads + self.dilations + (self.group,), np.int64)
+        return [self.kernel, self.unit_bias, self.emitted, geometry, np.asarray(self.channel_ids, np.int64)]
+
+
+def is_conv(layer) -> bool:
+    return isinstance(layer, Conv)
+
+
+def average_pool(in_shape: tuple, kernel_hw: tuple, strides: tuple, pads: tuple, *, layer_id: int = 0,
+                 source: str = "", count_include_pad: bool = True) -> Conv:
+    """AveragePool as a depthwise Conv (exact when there is no padding or padded zeros are counted)."""
+    c = int(in_shape[0])
+    if any(pads) and not count_include_pad:
+        raise ValueError("AveragePool with padding that is not counted is not a convolution")
+    kernel = np.full((c, 1) + tuple(kernel_hw), 1.0 / (kernel_hw[0] * kernel_hw[1]))
+    return Conv(kernel, np.zeros(c), in_shape, strides, pads, (1, 1), group=c, activation="linear",
+                layer_id=layer_id, source=source, op="AveragePool")
+
+
+def affine_channels(in_shape: tuple, scale: np.ndarray, shift: np.ndarray, *, layer_id: int = 0,
+                    source: str = "") -> Conv:
+    """A per-channel ``scale * x + shift`` as a 1x1 depthwise Conv (linear): BatchNormalization or input
+    normalisation that cannot fold into a neighbouring kernel."""
+    c = int(in_shape[0])
+    kernel = np.asarray(scale, dtype=np.float64).reshape(c, 1, 1, 1)
+    return Conv(kernel, np.asarray(shift, dtype=np.float64).reshape(c), in_shape, group=c, activation="linear",
+                layer_id=layer_id, source=source, op="Scale")
+
+
+DENSE_VIEW_MAX_ENTRIES = 50_000_000
+"""Largest explicit matrix (entries, over all layers; 400 MB of float64) :func:`dense_view` builds."""
+
+
+def dense_view(net):
+    """``net`` with every convolution as its explicit matrix, for the solvers that take dense rows (a MILP
+    formulation keeps only the nonzeros of each row, so the model it builds is the sparse one); ``None``
+    when the matrices would exceed :data:`DENSE_VIEW_MAX_ENTRIES`.  Unit order, and so every finding's
+    index, is the same in both networks."""
+    from .ir import Dense, Network
+
+    if sum(layer.n_out * layer.n_in for layer in net.layers if is_conv(layer)) > DENSE_VIEW_MAX_ENTRIES:
+        return None
+    layers = tuple(Dense(layer.weight.toarray(), layer.bias, layer.activation, layer.layer_id, layer.neuron_ids,
+                         layer.source) if is_conv(layer) else layer for layer in net.layers)
+    return Network(layers, net.input_size, net.onnx, dict(net.meta))

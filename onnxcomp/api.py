@@ -217,8 +217,9 @@ def domain_metadata(box: Box | None) -> str:
     if box is None:
         return ""
     uniform = np.all(box.lo == box.lo[0]) and np.all(box.hi == box.hi[0])
-    lo = float(box.lo[0]) if uniform else box.lo.tolist()
-    hi = float(box.hi[0]) if uniform else box.hi.tolist()
+    # a box per input (an image's eps-ball) is packed: exact float64, zlib, base64 (a tenth of its JSON list)
+    lo = float(box.lo[0]) if uniform else certificate.pack_floats(box.lo)
+    hi = float(box.hi[0]) if uniform else certificate.pack_floats(box.hi)
     return json.dumps({"source": box.source, "lo": lo, "hi": hi}, separators=(",", ":"))
 
 
@@ -229,8 +230,8 @@ def domain_from_metadata(model: onnx.ModelProto, n_features: int) -> Box | None:
         return None
     try:
         d = json.loads(raw)
-        lo = np.broadcast_to(np.asarray(d["lo"], dtype=np.float64), (n_features,)).copy()
-        hi = np.broadcast_to(np.asarray(d["hi"], dtype=np.float64), (n_features,)).copy()
+        lo = np.broadcast_to(certificate.unpack_floats(d["lo"]), (n_features,)).copy()
+        hi = np.broadcast_to(certificate.unpack_floats(d["hi"]), (n_features,)).copy()
     except Exception:
         return None
     box = Box(lo, hi, source=f"metadata ({d.get('source', '')})")

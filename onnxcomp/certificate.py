@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from .conv import is_conv
 from .errors import InputError
 from .ir import Network
 from .stability.state import StabilityState, empty_state
@@ -28,23 +29,72 @@ META_KEY = "certificate"
 STATES = ("inactive", "active")
 
 
+def pack_ids(ids) -> str:
+    """Increasing neuron ids as ranges, ``"0-5,9,12-40"`` (a dead channel is one range)."""
+    ids = sorted(int(i) for i in ids)
+    parts, start = [], None
+    for a, b in zip(ids, ids[1:] + [None]):
+        start = a if start is None else start
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = None
+    return ",".join(parts)
+
+
+def unpack_ids(packed) -> list:
+    """The ids of :func:`pack_ids` (a plain list of ints is accepted too); ``ValueError`` when malformed."""
+    if isinstance(packed, list):
+        return [int(i) for i in packed]
+    out: list = []
+    for part in filter(None, str(packed).split(",")):
+        a, _, b = part.partition("-")
+        lo, hi = int(a), int(b) if b else int(a)
+        if hi < lo:
+            raise ValueError(f"range {part!r}")
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def pack_floats(values) -> str:
+    """float64 values as ``"b64z:"`` + base64 of their zlib-compressed little-endian bytes (exact)."""
+    import base64
+    import zlib
+
+    raw = np.asarray(values, dtype="<f8").tobytes()
+    return "b64z:" + base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def unpack_floats(packed) -> np.ndarray:
+    """The values of :func:`pack_floats` (a number or a list of numbers is accepted too)."""
+    import base64
+    import zlib
+
+    if isinstance(packed, str) and packed.startswith("b64z:"):
+        return np.frombuffer(zlib.decompress(base64.b64decode(packed[5:])), dtype="<f8").astype(np.float64)
+    return np.asarray(packed, dtype=np.float64)
+
+
 def issue(net: Network, st: StabilityState) -> dict:
-    """The claims ``st`` makes about ``net``'s hidden ReLU neurons (original numbering)."""
+    """The claims ``st`` makes about ``net``'s hidden ReLU neurons (original numbering), the ids of each
+    proof kind as ranges (:func:`pack_ids`), the margins of the epsilon claims packed (:func:`pack_floats`).
+    A convolution's stably active units are left out: the fold never uses them (it removes only units and
+    channels that are constant), so they are no part of what the output rests on."""
     layers = []
     for k, layer in enumerate(net.layers[:-1]):
         if not layer.is_relu:
             continue
-        masks = {"inactive": st.proven_inactive[k], "active": st.proven_active[k] & ~st.proven_inactive[k]}
+        active = st.proven_active[k] & ~st.proven_inactive[k]
+        masks = {"inactive": st.proven_inactive[k], "active": active & (not is_conv(layer))}
         entry: dict = {"layer": int(layer.layer_id), "width": int(layer.n_out)}
         for state, mask in masks.items():
             by_proof: dict = {}
             for i in np.flatnonzero(mask):
                 by_proof.setdefault(str(st.proof[k][i]), []).append(int(layer.neuron_ids[i]))
-            entry[state] = by_proof
-        eps = {str(layer.neuron_ids[i]): float(st.epsilon[k][i])
-               for i in np.flatnonzero((masks["inactive"] | masks["active"]) & (st.epsilon[k] > 0))}
-        if eps:
-            entry["epsilon"] = eps
+            entry[state] = {proof: pack_ids(ids) for proof, ids in by_proof.items()}
+        with_eps = np.flatnonzero((masks["inactive"] | masks["active"]) & (st.epsilon[k] > 0))
+        if with_eps.size:
+            entry["epsilon"] = {"ids": pack_ids(int(layer.neuron_ids[i]) for i in with_eps),
+                                "values": pack_floats(st.epsilon[k][with_eps])}
         layers.append(entry)
     return {"version": VERSION, "network": net.fingerprint(), "layers": layers}
 
@@ -84,7 +134,11 @@ def claimed_state(net: Network, cert: dict, source: str = "certificate") -> Stab
                              f"certificate says {entry.get('width')}")
         claimed = np.zeros(layer.n_out, bool)
         for state in STATES:
-            for proof, ids in (entry.get(state) or {}).items():
+            for proof, packed in (entry.get(state) or {}).items():
+                try:
+                    ids = unpack_ids(packed)
+                except (TypeError, ValueError):
+                    raise InputError(f"{source}: layer {layer.layer_id}: malformed neuron ids {str(packed)[:40]!r}") from None
                 for nid in ids:
                     i = position.get(int(nid))
                     if i is None:
@@ -94,7 +148,16 @@ def claimed_state(net: Network, cert: dict, source: str = "certificate") -> Stab
                     claimed[i] = True
                     (st.proven_inactive if state == "inactive" else st.proven_active)[k][i] = True
                     st.proof[k][i] = str(proof)
-        for nid, eps in (entry.get("epsilon") or {}).items():
+        margins = entry.get("epsilon") or {}
+        if set(margins) == {"ids", "values"}:
+            try:
+                ids, values = unpack_ids(margins["ids"]), unpack_floats(margins["values"]).reshape(-1).tolist()
+            except Exception:
+                raise InputError(f"{source}: layer {layer.layer_id}: malformed epsilon margins") from None
+            if len(ids) != len(values):
+                raise InputError(f"{source}: layer {layer.layer_id}: {len(ids)} epsilon ids but {len(values)} values")
+            margins = dict(zip(ids, values))
+        for nid, eps in margins.items():
             i = position.get(int(nid))
             if i is None or not claimed[i]:
                 raise InputError(f"{source}: layer {layer.layer_id}: an epsilon for neuron {nid}, which has no claim")

@@ -63,6 +63,9 @@ class Conv:
     source: str = ""
     op: str = "Conv"
     orig_channels: int = 0
+    pool: tuple = ()
+    """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
+    zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
 
     def __post_init__(self) -> None:
         k = np.asarray(self.kernel, dtype=np.float64)
@@ -82,6 +85,8 @@ class Conv:
                 raise ValueError(f"Conv {name} must have {n} entries")
         object.__setattr__(self, "in_shape", in_shape)
         object.__setattr__(self, "group", group)
+        object.__setattr__(self, "pool", tuple(tuple(v) if isinstance(v, (list, tuple)) else int(v)
+                                               for v in self.pool))
         object.__setattr__(self, "kernel", frozen_array(k))
         ho, wo = conv_output_hw(in_shape[1:], k.shape[2:], self.strides, self.pads, self.dilations)
         if ho <= 0 or wo <= 0:
@@ -156,18 +161,32 @@ class Conv:
         return f"channel {c}, row {rest // wo}, column {rest % wo}"
 
     @property
+    def written_as_pool(self) -> bool:
+        """Written as a pooling op (no parameters in the file): a plain AveragePool, or a part of a MaxPool."""
+        return bool(self.pool) or self.is_plain_average_pool
+
+    @property
     def params(self) -> int:
+        if self.written_as_pool:
+            return 0
         per_channel = self.bias_per_channel is not None
         return int(self.kernel.size + (self.out_channels if per_channel else self.unit_bias.size))
 
     @property
     def nonzero_params(self) -> int:
+        if self.written_as_pool:
+            return 0
         b = self.bias_per_channel
         return int(np.count_nonzero(self.kernel) + np.count_nonzero(b if b is not None else self.unit_bias))
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates per sample: every kernel tap at every output position of every channel."""
+        """Multiply-accumulates per sample: every kernel tap at every output position of every channel (a
+        pooling's additions or comparisons count as one each; a MaxPool's once, on its last part, whose
+        output is the pooled map)."""
+        if self.pool:
+            part, parts, kernel_hw = self.pool[:3]
+            return int(np.prod(kernel_hw) * self.n_full) if part == parts - 1 else 0
         return int(self.kernel[0].size * self.n_full)
 
     @cached_property
@@ -260,12 +279,16 @@ class Conv:
             stay = keep[em // hw]
             units = tuple(int(new_index[c] * hw + p) for c, p in zip(em[stay] // hw, em[stay] % hw))
         group = self.group
-        if group > 1:
-            if group != self.in_shape[0] or self.kernel.shape[1] != 1:
-                raise ValueError("channels of a grouped (not depthwise) convolution cannot be removed one by one")
+        if group > 1:  # whole groups only: each reads its own slice of the input channels
+            per_group = self.out_channels // group
+            by_group = keep.reshape(group, per_group)
+            if not np.all(by_group == by_group[:, :1]):
+                raise ValueError("channels of a grouped convolution go a whole group at a time")
+            kept_groups = by_group[:, 0]
+            in_keep = np.repeat(kept_groups, self.kernel.shape[1])
         return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep],
                        channel_ids=tuple(c for c, m in zip(self.channel_ids, keep) if m), units=units,
-                       **({"in_shape": (int(keep.sum()),) + self.in_shape[1:], "group": int(keep.sum())}
+                       **({"in_shape": (int(in_keep.sum()),) + self.in_shape[1:], "group": int(kept_groups.sum())}
                           if group > 1 else {}))
 
     def keep_input_channels(self, keep: np.ndarray) -> "Conv":
@@ -281,7 +304,8 @@ class Conv:
         return replace(self, units=tuple(int(u) for u in self.emitted[keep]))
 
     def fingerprint_arrays(self) -> list:
-        geometry = np.asarray(self.in_shape + self.strides + self.pads + self.dilations + (self.group,), np.int64)
+        geometry = np.asarray(self.in_shape + self.strides + self.pads + self.dilations + (self.group,)
+                              + (self.pool[:2] if self.pool else ()), np.int64)
         return [self.kernel, self.unit_bias, self.emitted, geometry, np.asarray(self.channel_ids, np.int64)]
 
 
@@ -298,6 +322,65 @@ def average_pool(in_shape: tuple, kernel_hw: tuple, strides: tuple, pads: tuple,
     kernel = np.full((c, 1) + tuple(kernel_hw), 1.0 / (kernel_hw[0] * kernel_hw[1]))
     return Conv(kernel, np.zeros(c), in_shape, strides, pads, (1, 1), group=c, activation="linear",
                 layer_id=layer_id, source=source, op="AveragePool")
+
+
+def max_pool(in_shape: tuple, kernel_hw: tuple, strides: tuple, pads: tuple, *, nonnegative: bool,
+             zero_pads: tuple = (0, 0, 0, 0), source: str = "") -> list:
+    """MaxPool (floor mode, no dilation) as convolution layers computing it exactly, in real arithmetic:
+    ``max(a, b) = relu(a - b) + relu(b) - relu(-b)`` (``relu(b) = b`` when the input is ``nonnegative``, e.g.
+    after a Relu: then two units per pair and zero padding, which equals MaxPool's -inf padding there).
+    Each level takes the maximum of pairs ``d`` apart along one axis, first the width, then the height, until
+    a level covers the window; the last level of each axis applies its stride.  A level is a ReLU grouped
+    convolution (one group per channel, 2 or 3 units per pair) and a linear 1 x 1 grouped convolution summing
+    them; all the analyses read these like any other convolution, and the writer emits one MaxPool for them.
+    MaxPool's own ``pads`` (of -inf) need ``nonnegative`` (and fewer pads than the kernel); ``zero_pads``
+    (an explicit Pad of zeros before it) are exact either way."""
+    c, h, w = (int(v) for v in in_shape)
+    if any(pads) and (not nonnegative or any(p >= k for p, k in zip(pads, tuple(kernel_hw) * 2))):
+        raise ValueError("MaxPool padding is exact here only after a Relu, with fewer pads than the kernel")
+    own = tuple(int(v) for v in pads)
+    pads = tuple(a + int(b) for a, b in zip(own, zero_pads))
+    n = 2 if nonnegative else 3
+    specs = []  # (axis, offset, stride, pads)
+    for axis in (1, 0):  # width first
+        window, stride = int(kernel_hw[axis]), int(strides[axis])
+        axis_pads = (pads[axis], pads[axis + 2])
+        covered, first = 1, True
+        levels = []
+        while covered < window:
+            d = min(covered, window - covered)
+            covered += d
+            levels.append(d)
+        if not levels:
+            if stride == 1 and not any(axis_pads):
+                continue
+            levels = [0]  # a plain subsampling of the axis
+        for i, d in enumerate(levels):
+            specs.append((axis, d, stride if i == len(levels) - 1 else 1, axis_pads if i == 0 else (0, 0)))
+    layers, shape = [], (c, h, w)
+    parts = 2 * len(specs)
+    def pool(part: int) -> tuple:
+        return (part, parts, tuple(int(v) for v in kernel_hw), tuple(int(v) for v in strides), own,
+                tuple(int(v) for v in zero_pads))
+
+    for axis, d, stride, axis_pads in specs:
+        taps = np.zeros((n, d + 1))
+        if d:
+            taps[0, 0], taps[0, d] = 1.0, -1.0  # relu(a - b); with d == 0 (a subsampling) a zero unit
+        taps[1, d] = 1.0  # relu(b)
+        if n == 3:
+            taps[2, d] = -1.0  # relu(-b)
+        kernel = np.tile(taps.reshape((n, 1) + ((1, d + 1) if axis == 1 else (d + 1, 1))), (c, 1, 1, 1))
+        st = (1, stride) if axis == 1 else (stride, 1)
+        pd = (0, axis_pads[0], 0, axis_pads[1]) if axis == 1 else (axis_pads[0], 0, axis_pads[1], 0)
+        pair = Conv(kernel, np.zeros(c * n), shape, st, pd, (1, 1), group=c, activation=RELU, source=source,
+                    op="MaxPool", pool=pool(len(layers)))
+        signs = np.array([1.0, 1.0, -1.0][:n]).reshape(1, n, 1, 1)
+        total = Conv(np.tile(signs, (c, 1, 1, 1)), np.zeros(c), pair.out_shape, group=c, activation="linear",
+                     source=source, op="MaxPool", pool=pool(len(layers) + 1))
+        layers += [pair, total]
+        shape = total.out_shape
+    return layers
 
 
 def affine_channels(in_shape: tuple, scale: np.ndarray, shift: np.ndarray, *, layer_id: int = 0,

@@ -253,41 +253,42 @@ class _ConvPrefix:
         layer = self.layers[k]
         return layer.emitted // (layer.out_hw[0] * layer.out_hw[1])
 
-    def _dead(self, k: int) -> np.ndarray:
-        """Channels of layer ``k`` whose every emitted unit is constant 0."""
+    def _dead(self, k: int, groups: int) -> np.ndarray:
+        """Per group of ``groups`` equal blocks of layer ``k``'s output channels: every emitted unit of the
+        block is constant 0."""
         layer, ch = self.layers[k], self._channel_units(k)
         zero = self.const[k] & (self.value[k] == 0.0)
         live = np.bincount(ch[~zero], minlength=layer.out_channels) > 0
-        return ~live
-
-    @staticmethod
-    def _depthwise(layer) -> bool:
-        return layer.group == layer.in_shape[0] and layer.kernel.shape[1] == 1
+        return ~live.reshape(groups, -1).any(axis=1)
 
     def remove_dead_channels(self) -> None:
-        """Producer ``k`` (a convolution of group 1), the depthwise layers right after it (pooling, scale),
-        and the consumer ``j`` (a convolution of group 1, or the dense head): a channel constant 0 all
-        along ``k..j-1`` goes from each of them and from ``j``'s input."""
+        """Producer ``k`` (a convolution of group 1), the grouped layers right after it that keep its
+        channels apart (pooling, scale, the layers of a MaxPool: one group per channel of ``k``), and the
+        consumer ``j`` (a convolution of group 1, or the dense head): a channel of ``k`` constant 0 all along
+        ``k..j-1`` goes from each of them and from ``j``'s input."""
         n, k = len(self.layers), 0
         while k < n:
+            channels = self.layers[k].out_channels
             j = k + 1
-            while j < n and self._depthwise(self.layers[j]):
+            while j < n and self.layers[j].group == channels > 1:
                 j += 1
             consumer_ok = self.layers[j].group == 1 if j < n else bool(self.folder.layers)
             if self.layers[k].group == 1 and consumer_ok:
-                dead = np.logical_and.reduce([self._dead(m) for m in range(k, j)])
+                dead = np.logical_and.reduce([self._dead(m, channels) for m in range(k, j)])
                 if dead.all():  # a layer keeps one channel (the rest of the network reads constants then)
                     dead[0] = False
                 if dead.any():
                     keep = ~dead
                     for m in range(k, j):
+                        per_channel = np.repeat(keep, self.layers[m].out_channels // channels)
                         chan = self._channel_units(m)
-                        self.log(m, np.flatnonzero(dead[chan]), "inputs proven constant")
-                        self._keep(m, keep[chan], keep)
+                        self.log(m, np.flatnonzero(~per_channel[chan]), "inputs proven constant")
+                        self._keep(m, per_channel[chan], per_channel)
                     if j < n:
-                        self.layers[j] = self.layers[j].keep_input_channels(keep)
-                    self.channels_removed[self.layers[k].layer_id] = self.channels_removed.get(
-                        self.layers[k].layer_id, 0) + int(dead.sum())
+                        per_input = np.repeat(keep, self.layers[j].in_shape[0] // channels)
+                        self.layers[j] = self.layers[j].keep_input_channels(per_input)
+                    lid = self.layers[k].layer_id
+                    self.channels_removed[lid] = self.channels_removed.get(lid, 0) + int(dead.sum())
             k = j
 
     def _keep(self, k: int, unit_mask: np.ndarray, channel_mask: np.ndarray) -> None:

@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto
 
 from .constfold import fold_constants
-from .conv import Conv, affine_channels, average_pool, conv_output_hw
+from .conv import Conv, affine_channels, average_pool, conv_output_hw, max_pool
 from .errors import InputError
 from .ir import LINEAR, RELU, Dense, Network
 from .onnxio import SUPPORTED_FLOAT, constant_values, elem_type_name, load_model, real_inputs, value_shape
@@ -152,6 +152,9 @@ class _Walk:
             raise _Stop("non-finite constant")
         if not self.started:
             self.scale, self.offset = s * self.scale, s * self.offset + t
+        elif isinstance(self.pending, Conv) and self.pending.pool:  # a MaxPool stays one: the map goes after it
+            self._finish(LINEAR)
+            self.affine(s, t)
         elif isinstance(self.pending, Conv):
             conv = self.pending
             cs = _per_channel(s, conv.out_channels)
@@ -199,6 +202,8 @@ class _Walk:
             self._finish(RELU)
         elif self.post is not None:
             self._materialise_post(RELU, source)
+        elif not self.layers[-1].is_relu:  # a linear layer finished early (a pooling before a reshape)
+            self.layers[-1] = replace(self.layers[-1], activation=RELU)
         # otherwise Relu(Relu(x)) == Relu(x): nothing to do
 
     def _finish(self, activation: str) -> None:
@@ -286,6 +291,32 @@ class _Walk:
         self.n_linear += 1
         batch = self.shape[0]
         self.shape = (batch,) + layer.out_shape
+
+    def max_pool(self, kernel_hw: tuple, strides: tuple, pads: tuple, source: str) -> None:
+        """The current feature map goes through a MaxPool: the layers of :func:`onnxcomp.conv.max_pool`."""
+        shape = self.feature_map
+        if not self.started:
+            raise _Stop("MaxPool before any linear layer")
+        if isinstance(self.pending, Conv):
+            self._finish(LINEAR)
+        elif self.pending is not None:
+            raise _Stop("a MaxPool after a dense layer")
+        if self.order is not None:
+            raise _Stop("a MaxPool of reordered features")
+        if self.post is not None:
+            self._materialise_post(LINEAR, "elementwise affine before a MaxPool")
+        nonneg = self.layers[-1].is_relu
+        zero = self.pad if self.pad is not None else (0, 0, 0, 0)
+        self.pad = None
+        try:
+            parts = max_pool(shape, kernel_hw, strides, pads, nonnegative=nonneg, zero_pads=zero, source=source)
+        except ValueError as exc:
+            raise _Stop(str(exc)) from None
+        for layer in parts[:-1]:
+            self.layers.append(replace(layer, layer_id=len(self.layers)))
+        self.pending = parts[-1]
+        self.n_linear += len(parts)
+        self.shape = (self.shape[0],) + parts[-1].out_shape
 
     def finish(self) -> list[Dense]:
         if self.pending is not None:
@@ -524,7 +555,7 @@ class _Call:
     src: str
 
 
-CONV_OPS = ("Conv", "AveragePool", "GlobalAveragePool", "Pad")
+CONV_OPS = ("Conv", "AveragePool", "GlobalAveragePool", "MaxPool", "Pad")
 """Ops lowered into convolution layers only when asked (``lower(..., conv=True)``): the passes downstream
 of the reader do not all take convolution layers yet, so by default they stay in the opaque prefix."""
 
@@ -806,6 +837,30 @@ def _average_pool(lw: _Lowerer, st: _Walk, c: _Call) -> None:
                 raise _Stop("AveragePool in ceil mode with a partial window")
     kernel = np.full((ch, 1) + tuple(kernel_hw), 1.0 / (kernel_hw[0] * kernel_hw[1]))
     st.conv(kernel, np.zeros(ch), strides, pads, (1, 1), ch, c.src, op="AveragePool")
+
+
+@_handles("MaxPool")
+def _max_pool(lw: _Lowerer, st: _Walk, c: _Call) -> None:
+    """MaxPool (2-D, floor mode or a ceil mode without partial windows, no dilation, one output) -> the
+    exact ReLU layers of :func:`onnxcomp.conv.max_pool`, written back as one MaxPool."""
+    if len([o for o in c.node.output if o]) > 1:
+        raise _Stop("MaxPool with an indices output")
+    ch, h, wd = st.feature_map
+    if st.pad is not None:
+        h, wd = h + st.pad[0] + st.pad[2], wd + st.pad[1] + st.pad[3]
+    kernel_hw = tuple(int(v) for v in c.attrs.get("kernel_shape", ()))
+    if len(kernel_hw) != 2:
+        raise _Stop("only 2-D pooling")
+    strides, pads, dil = _spatial_attrs(c, kernel_hw, (h, wd))
+    if dil != (1, 1) or c.attrs.get("storage_order", 0):
+        raise _Stop("dilated MaxPool, or one with a column-major storage order")
+    if c.attrs.get("ceil_mode", 0):
+        floor = conv_output_hw((h, wd), kernel_hw, strides, pads, (1, 1))
+        ceil = tuple(-(-(size + pads[i] + pads[i + 2] - kernel_hw[i]) // strides[i]) + 1
+                     for i, size in enumerate((h, wd)))
+        if floor != ceil:
+            raise _Stop("MaxPool in ceil mode with a partial window")
+    st.max_pool(kernel_hw, strides, pads, c.src)
 
 
 @_handles("Pad")

@@ -143,13 +143,36 @@ def to_model(
     flat = True  # whether ``cur`` is [N, features] (else an NCHW map)
     for k, layer in enumerate(net.layers):
         last = k == n - 1
-        if isinstance(layer, Conv):
+        if isinstance(layer, Conv) and layer.pool and not expose_preactivations:
+            # the layers of a MaxPool (onnxcomp.conv.max_pool) are written as the one op they came from
+            part, parts, kernel_hw, strides, pads, zero_pads = layer.pool
+            if part == 0:
+                if any(zero_pads):
+                    pad_name, padded = names("onnxcomp/maxpool_pads"), names(f"onnxcomp/padded{k}")
+                    t, l, b, r = zero_pads
+                    chain_inits.append(numpy_helper.from_array(np.array([0, 0, t, l, 0, 0, b, r], np.int64), pad_name))
+                    chain_nodes.append(helper.make_node("Pad", [cur, pad_name], [padded], name=names(f"onnxcomp/pad{k}")))
+                    cur = padded
+                pooled = names(f"onnxcomp/maxpool{k}")
+                chain_nodes.append(helper.make_node("MaxPool", [cur], [pooled], kernel_shape=list(kernel_hw),
+                                                    strides=list(strides), pads=list(pads),
+                                                    name=names(f"onnxcomp/maxpool{k}")))
+                cur = pooled
+            if part < parts - 1:
+                continue
+            if layer.is_relu:
+                act = names(f"onnxcomp/act{k}")
+                chain_nodes.append(helper.make_node("Relu", [cur], [act], name=names(f"onnxcomp/relu{k}")))
+                cur = act
+            flat = False
+        elif isinstance(layer, Conv):
             nodes_k, inits_k, cur, pre = _conv_layer(layer, k, cur, np_dtype, names, expose_preactivations)
             chain_nodes += nodes_k
             chain_inits += inits_k
             if pre is not None:
                 pre_outputs.append((pre, layer.n_out))
             flat = False
+        if isinstance(layer, Conv):
             if last or not isinstance(net.layers[k + 1], Conv):
                 out = ctx.chain_output if (last and direct_out and len(ctx.output_shape) == 4) else None
                 if out is not None:

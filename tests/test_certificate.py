@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import onnxcomp
 from onnxcomp import certificate
@@ -44,7 +46,8 @@ def test_an_exact_output_carries_its_certificate_and_domain():
     meta = {p.key: p.value for p in result.model.metadata_props}
     cert = json.loads(meta["onnxcomp.certificate"])
     removed = {(r["layer"], r["neuron"]) for r in result.report["stable"]["removed"] if r["state"] == "stably_inactive"}
-    claimed = {(l["layer"], n) for l in cert["layers"] for ids in l["inactive"].values() for n in ids}
+    claimed = {(l["layer"], n) for l in cert["layers"] for ids in l["inactive"].values()
+               for n in certificate.unpack_ids(ids)}
     assert removed == claimed and removed
     assert json.loads(meta["onnxcomp.domain"])["source"] == "0:1"
 
@@ -58,7 +61,11 @@ def test_a_lossy_output_carries_no_certificate():
 @pytest.mark.parametrize("mutate,message", [
     (lambda c: c["layers"][0].update(layer=7), "claims about layer 7"),
     (lambda c: c["layers"][0].update(width=99), "the certificate says 99"),
-    (lambda c: c["layers"][0]["inactive"].setdefault("bounds", []).append(1000), "has no neuron 1000"),
+    (lambda c: c["layers"][0]["inactive"].update(bounds=c["layers"][0]["inactive"].get("bounds", "") + ",1000"),
+     "has no neuron 1000"),
+    (lambda c: c["layers"][0]["inactive"].update(bounds="3-1"), "malformed neuron ids"),
+    (lambda c: c["layers"][0].update(epsilon={"ids": "0-2", "values": certificate.pack_floats([1e-5])}),
+     "3 epsilon ids but 1 values"),
     (lambda c: c["layers"][0].update(epsilon={"1000": 1e-5}), "an epsilon for neuron 1000"),
 ])
 def test_malformed_claims_are_refused(mutate, message):
@@ -82,3 +89,12 @@ def test_a_neuron_claimed_twice_is_refused():
 def test_what_is_not_a_certificate_is_refused(text):
     with pytest.raises(InputError):
         certificate.decode(text)
+
+
+@given(st.lists(st.integers(0, 5000), unique=True, max_size=300))
+def test_packed_ids_and_floats_round_trip(ids):
+    packed = certificate.pack_ids(ids)
+    assert certificate.unpack_ids(packed) == sorted(ids)
+    assert len(packed) <= max(1, len(",".join(map(str, sorted(ids)))))
+    values = np.random.default_rng(len(ids)).normal(size=len(ids)) * 1e-7
+    assert np.array_equal(certificate.unpack_floats(certificate.pack_floats(values)), values)

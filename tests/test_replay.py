@@ -22,6 +22,15 @@ from onnxcomp.writer import to_model
 from builders import random_network
 
 
+def listed(cert: dict) -> dict:
+    """A copy of ``cert`` with every packed id range as a plain list (the decoder takes both), to edit."""
+    out = json.loads(json.dumps(cert))
+    for layer in out["layers"]:
+        for state in certificate.STATES:
+            layer[state] = {p: certificate.unpack_ids(ids) for p, ids in (layer.get(state) or {}).items()}
+    return out
+
+
 def compressed(net: Network, box: Box, **options):
     """(reference, candidate read back from the written file, certificate) of an exact run on ``net``."""
     result = onnxcomp.compress(to_model(net), "stable", domain=(box.lo, box.hi), samples=2000, **options)
@@ -115,7 +124,7 @@ def test_the_untampered_digits_output_is_certified(digits):
 
 def test_a_claim_that_is_false_is_refused(digits):
     ref, model, cert, box = digits
-    forged = json.loads(json.dumps(cert))
+    forged = listed(cert)
     layer = forged["layers"][0]
     claimed = {n for ids in layer["inactive"].values() for n in ids} | {n for ids in layer["active"].values() for n in ids}
     victim = next(i for i in range(layer["width"]) if i not in claimed)  # an unstable neuron
@@ -132,7 +141,7 @@ def test_a_false_claim_matching_a_tampered_candidate_is_refuted(digits):
     from onnxcomp.leo import fold
 
     ref, model, cert, box = digits
-    forged = json.loads(json.dumps(cert))
+    forged = listed(cert)
     layer = forged["layers"][0]
     claimed = {n for ids in layer["inactive"].values() for n in ids} | {n for ids in layer["active"].values() for n in ids}
     victim = next(i for i in range(layer["width"]) if i not in claimed)
@@ -145,7 +154,7 @@ def test_a_false_claim_matching_a_tampered_candidate_is_refuted(digits):
 
 def test_a_removed_claim_is_refused(digits):
     ref, model, cert, box = digits
-    forged = json.loads(json.dumps(cert))
+    forged = listed(cert)
     layer = next(l for l in forged["layers"] if any(l["inactive"].values()))
     proof = next(p for p, ids in layer["inactive"].items() if ids)
     layer["inactive"][proof] = layer["inactive"][proof][1:]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the small ReLU-MLP fixtures used by the onnxcomp tests and benchmarks.
+"""Train the small ReLU fixtures (MLPs and CNNs) used by the onnxcomp tests and benchmarks.
 
 Run from the repository root (``make models`` does exactly this)::
 
@@ -17,9 +17,16 @@ What it produces (all under ``models/``):
   output ``logits`` ``[batch, 10]``, opset 13, IR version 8).
 * ``digits_mlp_sklearn.onnx`` -- a scikit-learn ``MLPClassifier`` converted
   with skl2onnx (``MatMul``/``Add`` form with a ``Softmax``/``ArgMax`` suffix).
+* ``mnist_cnn_{lenet,bn_avg,transpose}.onnx`` -- small convolutional nets
+  (input ``[batch, 1, 28, 28]``) written node by node: Conv / MaxPool /
+  AveragePool / a real BatchNormalization node / Flatten or the TF-style
+  Transpose + Reshape, then a Gemm head (see ``CNN_ARCHS``).
 * ``boxes/mnist_img{row}_eps{eps}.vnnlib`` -- L-inf ε-boxes (VNN-COMP style)
   around the first test images ``mnist_4x256`` classifies correctly; written
   whenever that model is built, or alone with ``--boxes``.
+* ``boxes/mnist_cnn_img{row}_eps{eps}.vnnlib`` -- the same around the first
+  test images all three CNNs classify correctly; written whenever a CNN is
+  built, or with ``--boxes``.
 
 ``--stability`` (trains nothing) prints, for the scale-benchmark nets, the
 fraction of hidden neurons that never switch state on sampled points of
@@ -173,6 +180,7 @@ class ModelSpec:
     batch_size: int = 64
     glorot: bool = False
     cosine: bool = False  # anneal the lr to 0 over the epochs (cosine), so training converges
+    conv: str = ""  # source "cnn": the key of its layer stack in CNN_ARCHS (``hidden`` is unused)
 
 
 # Epoch counts chosen on the calib split (constant lr 1e-3).  Digits keeps
@@ -188,6 +196,9 @@ MNIST_EPOCHS = 60
 # over the last 15-30 epochs.  With a constant lr the 8x200 net kept jumping
 # between 0.91 and 0.94 calib accuracy (Adam spikes once the loss is ~0).
 SCALE_EPOCHS = 60
+# The CNNs (cosine schedule): calib accuracy at 30 / 50 epochs was 0.954 / 0.960 (lenet), 0.944 / 0.954
+# (bn_avg), 0.938 / 0.936 (transpose); 50 epochs take 12-16 s of one CPU thread each.
+CNN_EPOCHS = 50
 
 SPECS: list[ModelSpec] = [
     ModelSpec("digits_2x32_l1", "digits", (32, 32), 2e-4, DIGITS_EPOCHS),
@@ -208,6 +219,11 @@ SPECS: list[ModelSpec] = [
     # The ISA paper's setting: 2x800 with λ = 4e-4 (most neurons stable over all of [0, 1]^784).
     ModelSpec("mnist_2x800_l1", "mnist", (800, 800), 4e-4, SCALE_EPOCHS, cosine=True),
     ModelSpec("digits_mlp_sklearn", "digits", (32, 32), source="sklearn"),
+    # Convolutional nets (input [batch, 1, 28, 28]) for the exact-CNN work; layer stacks in CNN_ARCHS,
+    # ε-boxes boxes/mnist_cnn_img*.vnnlib (see CNN_BOX_*).
+    ModelSpec("mnist_cnn_lenet", "mnist", (), 0.0, CNN_EPOCHS, source="cnn", cosine=True, conv="lenet"),
+    ModelSpec("mnist_cnn_bn_avg", "mnist", (), 0.0, CNN_EPOCHS, source="cnn", cosine=True, conv="bn_avg"),
+    ModelSpec("mnist_cnn_transpose", "mnist", (), 0.0, CNN_EPOCHS, source="cnn", cosine=True, conv="transpose"),
 ]
 
 
@@ -264,8 +280,6 @@ def train_mlp(
     train: Split,
     *,
     seed: int = SEED,
-    lr: float = 1e-3,
-    batch_size: int = 64,
 ) -> torch.nn.Sequential:
     """Train an MLP for ``spec`` with Adam on ``cross_entropy + λ·Σ|W|``.
 
@@ -278,6 +292,16 @@ def train_mlp(
         for layer in linear_layers(model):
             torch.nn.init.xavier_uniform_(layer.weight)
             torch.nn.init.zeros_(layer.bias)
+    return fit(model, spec, train, seed=seed)
+
+
+def fit(model: torch.nn.Sequential, spec: ModelSpec, train: Split, *, seed: int = SEED) -> torch.nn.Sequential:
+    """Train ``model`` in place with Adam (``spec``'s lr, batch size, epochs, schedule and ℓ1 λ).
+
+    The caller seeds torch (:func:`set_determinism`) before creating ``model``;
+    the batch order comes from its own generator seeded with ``seed``.
+    Returns ``model`` in eval mode (BatchNormalization uses its running stats).
+    """
     lr, batch_size = spec.lr, spec.batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs) if spec.cosine else None
@@ -362,9 +386,15 @@ def ort_session(path: Path) -> ort.InferenceSession:
 
 
 def ort_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the ONNX file at ``path`` on ``x`` with onnxruntime; outputs by name."""
+    """Run the ONNX file at ``path`` on ``x`` with onnxruntime; outputs by name.
+
+    Flat rows ``[n, 784]`` given to an image model are reshaped to its input
+    shape (``[n, 1, 28, 28]``), keeping the pixel order.
+    """
     sess = ort_session(path)
     (inp,) = sess.get_inputs()
+    if x.ndim == 2 and len(inp.shape) > 2:
+        x = np.ascontiguousarray(x.reshape(len(x), *inp.shape[1:]))
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {inp.name: x})))
 
@@ -460,14 +490,204 @@ def build_sklearn_fixture(spec: ModelSpec, ds: Dataset) -> Result:
     return Result(spec, path, arch, params, acc, max_diff)
 
 
+# --------------------------------------------------------------------------
+# Convolutional fixtures
+# --------------------------------------------------------------------------
+
+IMAGE_SHAPE = (1, 28, 28)  # MNIST as [channels, rows, columns]; feature i of the data is pixel (i // 28, i % 28)
+RESHAPE_BATCH_KEEP = np.array([0, -1], dtype=np.int64)  # Reshape shape: 0 copies the batch dim, -1 takes the rest
+
+
+class FlattenHWC(torch.nn.Module):
+    """Flatten ``[N, C, H, W]`` in (row, column, channel) order, as TensorFlow-exported models do.
+
+    Exported as ``Transpose(perm=[0, 2, 3, 1])`` then ``Reshape([0, -1])``;
+    the dense layer after it is trained on this order, so its weight columns
+    are in HWC order (what a reader must get right).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+
+def _lenet() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 6 x 14 x 14
+        nn.Conv2d(6, 12, 5), nn.ReLU(), nn.MaxPool2d(2),  # 12 x 5 x 5
+        nn.Flatten(), nn.Linear(300, 32), nn.ReLU(), nn.Linear(32, NUM_CLASSES),
+    )
+
+
+def _bn_avg() -> torch.nn.Sequential:
+    nn = torch.nn
+    # The convolution before BatchNormalization has no bias (the usual conv-BN block): BN's shift is it.
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # 8 x 14 x 14
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),  # 16 x 7 x 7
+        nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, NUM_CLASSES),
+    )
+
+
+def _transpose() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(),  # 8 x 26 x 26
+        nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),  # 8 x 12 x 12
+        FlattenHWC(), nn.Linear(1152, 32), nn.ReLU(), nn.Linear(32, NUM_CLASSES),
+    )
+
+
+CNN_ARCHS: dict[str, Callable[[], torch.nn.Sequential]] = {
+    "lenet": _lenet,
+    "bn_avg": _bn_avg,
+    "transpose": _transpose,
+}
+
+
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def cnn_architecture(model: torch.nn.Sequential) -> str:
+    """A compact description, e.g. ``conv6k5p2-relu-maxpool2-...-gemm32-relu-gemm10``."""
+    parts = []
+    for m in model:
+        if isinstance(m, torch.nn.Conv2d):
+            (k, _), (s, _), (p, _) = m.kernel_size, m.stride, m.padding
+            parts.append(f"conv{m.out_channels}k{k}" + (f"s{s}" if s != 1 else "") + (f"p{p}" if p else ""))
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            parts.append("bn")
+        elif isinstance(m, torch.nn.ReLU):
+            parts.append("relu")
+        elif isinstance(m, torch.nn.MaxPool2d):
+            parts.append(f"maxpool{m.kernel_size}")
+        elif isinstance(m, torch.nn.AvgPool2d):
+            parts.append(f"avgpool{m.kernel_size}")
+        elif isinstance(m, torch.nn.Flatten):
+            parts.append("flatten")
+        elif isinstance(m, FlattenHWC):
+            parts.append("transpose0231-reshape")
+        elif isinstance(m, torch.nn.Linear):
+            parts.append(f"gemm{m.out_features}")
+        else:
+            raise TypeError(f"no ONNX export for {type(m).__name__}")
+    return "-".join(parts)
+
+
+def cnn_to_onnx(model: torch.nn.Sequential, graph_name: str) -> onnx.ModelProto:
+    """Write a CNN ``Sequential`` node by node with onnx.helper (no folding, no fusion).
+
+    Input ``input`` ``[batch, 1, 28, 28]``, output ``logits`` ``[batch, 10]``.
+    Conv weights are torch's ``[out, in, kh, kw]``; BatchNorm2d becomes a real
+    ``BatchNormalization`` node with the eval-mode running statistics (ONNX's
+    momentum is ``1 - torch's``; it does not affect inference); Linear
+    becomes ``Gemm(transB=1)`` as in :func:`mlp_to_onnx`.
+    """
+    initializers: list[TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    counts: dict[str, int] = {}
+    current = "input"
+    last = len(model) - 1
+    if not isinstance(model[last], torch.nn.Linear):
+        raise TypeError("the last layer must be Linear (it gives the logits)")
+
+    def name_for(kind: str) -> str:
+        counts[kind] = counts.get(kind, 0) + 1
+        return f"{kind}{counts[kind]}"
+
+    def const(name: str, value: torch.Tensor | np.ndarray) -> str:
+        array = value.detach().numpy() if isinstance(value, torch.Tensor) else value
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op: str, name: str, inputs: list[str], output: str | None = None, **attrs) -> None:
+        nonlocal current
+        output = output or name
+        nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        current = output
+
+    for i, m in enumerate(model):
+        if isinstance(m, torch.nn.Conv2d):
+            n = name_for("conv")
+            inputs = [current, const(f"{n}.weight", m.weight)]
+            if m.bias is not None:
+                inputs.append(const(f"{n}.bias", m.bias))
+            pads = _pair(m.padding)
+            node("Conv", n, inputs, kernel_shape=_pair(m.kernel_size), strides=_pair(m.stride),
+                 pads=pads + pads, dilations=_pair(m.dilation), group=m.groups)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            n = name_for("bn")
+            inputs = [current, const(f"{n}.scale", m.weight), const(f"{n}.bias", m.bias),
+                      const(f"{n}.mean", m.running_mean), const(f"{n}.var", m.running_var)]
+            node("BatchNormalization", n, inputs, epsilon=m.eps, momentum=1.0 - m.momentum)
+        elif isinstance(m, torch.nn.ReLU):
+            node("Relu", name_for("relu"), [current])
+        elif isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            if _pair(m.padding) != [0, 0] or m.ceil_mode:
+                raise ValueError("only unpadded, floor-mode pooling is exported")
+            op, kind = ("MaxPool", "maxpool") if isinstance(m, torch.nn.MaxPool2d) else ("AveragePool", "avgpool")
+            node(op, name_for(kind), [current], kernel_shape=_pair(m.kernel_size), strides=_pair(m.stride))
+        elif isinstance(m, torch.nn.Flatten):
+            node("Flatten", name_for("flatten"), [current], axis=1)
+        elif isinstance(m, FlattenHWC):
+            node("Transpose", name_for("transpose"), [current], perm=[0, 2, 3, 1])
+            n = name_for("reshape")
+            node("Reshape", n, [current, const(f"{n}.shape", RESHAPE_BATCH_KEEP)])
+        elif isinstance(m, torch.nn.Linear):
+            n = name_for("fc")
+            inputs = [current, const(f"{n}.weight", m.weight), const(f"{n}.bias", m.bias)]
+            node("Gemm", n, inputs, output="logits" if i == last else None, transB=1)
+        else:
+            raise TypeError(f"no ONNX export for {type(m).__name__}")
+
+    graph = helper.make_graph(
+        nodes,
+        graph_name,
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *IMAGE_SHAPE])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])],
+        initializer=initializers,
+    )
+    onnx_model = helper.make_model(graph, producer_name=PRODUCER, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx_model.ir_version = IR_VERSION
+    return onnx_model
+
+
+def as_images(split: Split) -> Split:
+    """``split`` with ``x`` reshaped from ``[n, 784]`` to ``[n, 1, 28, 28]`` (pixel order unchanged)."""
+    return Split(np.ascontiguousarray(split.x.reshape(len(split.x), *IMAGE_SHAPE)), split.y)
+
+
+def build_cnn_fixture(spec: ModelSpec, ds: Dataset) -> Result:
+    """Train the CNN ``spec.conv`` (BatchNorm in train mode), export it node by node, verify with onnxruntime."""
+    set_determinism(SEED)
+    model = fit(CNN_ARCHS[spec.conv](), spec, as_images(ds.train))
+    arch = cnn_architecture(model)
+    path = MODELS_DIR / f"{spec.name}.onnx"
+
+    onnx_model = cnn_to_onnx(model, graph_name=spec.name)
+    save_with_metadata(onnx_model, path, {})
+    test = as_images(ds.test)
+    ort_logits = ort_outputs(path, test.x)["logits"]
+    max_diff = check_close(spec.name, ort_logits, torch_logits(model, test.x))
+    acc = accuracy(ort_logits, ds.test.y)
+    save_with_metadata(onnx_model, path, model_metadata(spec, arch, acc))
+
+    # BatchNorm's running mean and variance are buffers, not parameters: they are not counted.
+    params = sum(p.numel() for p in model.parameters())
+    return Result(spec, path, arch, params, acc, max_diff)
+
+
 BUILDERS: dict[str, Callable[[ModelSpec, Dataset], Result]] = {
     "torch": build_torch_fixture,
     "sklearn": build_sklearn_fixture,
+    "cnn": build_cnn_fixture,
 }
 
 SOURCE_LABELS = {
     "torch": "torch, hand-written Gemm ONNX",
     "sklearn": "sklearn MLPClassifier + skl2onnx",
+    "cnn": "torch, hand-written Conv ONNX",
 }
 
 
@@ -479,6 +699,12 @@ BOXES_DIR = MODELS_DIR / "boxes"
 BOX_MODEL = "mnist_4x256"  # the rows are the first test images this model classifies correctly
 BOX_IMAGES = 3
 BOX_EPSILONS = (0.015, 0.03, 0.05)
+# The CNN boxes: rows are the first test images that all these models classify correctly.
+CNN_BOX_MODELS = ("mnist_cnn_lenet", "mnist_cnn_bn_avg", "mnist_cnn_transpose")
+CNN_BOX_IMAGES = 2
+CNN_BOX_EPSILONS = (0.01, 0.02)
+CNN_BOX_PREFIX = "mnist_cnn"
+CNN_BOX_NOTE = "X_i is pixel (i // 28, i % 28) of the [batch, 1, 28, 28] input (row-major, as the data file)."
 # The nets whose sampled stability `--stability` reports by default.
 SCALE_MODELS = ("mnist_4x256", "mnist_6x256", "mnist_8x200", "mnist_2x800_l1")
 STABILITY_SAMPLES = 20_000
@@ -494,24 +720,48 @@ class EpsBox:
     eps: float
     lo: np.ndarray  # float64 [F]
     hi: np.ndarray
+    prefix: str = "mnist"  # the file name's start
+    note: str = ""  # an extra comment line for the file, if any
 
     @property
     def path(self) -> Path:
-        return BOXES_DIR / f"mnist_img{self.row}_eps{self.eps:g}.vnnlib"
+        return BOXES_DIR / f"{self.prefix}_img{self.row}_eps{self.eps:g}.vnnlib"
 
 
-def eps_boxes(test: Split, model_path: Path) -> list[EpsBox]:
-    """The boxes for the first ``BOX_IMAGES`` test rows that ``model_path`` classifies correctly."""
-    pred = ort_outputs(model_path, test.x)["logits"].argmax(axis=1)
-    rows = np.flatnonzero(pred == test.y)[:BOX_IMAGES]
+def eps_boxes(
+    test: Split,
+    model_paths: list[Path],
+    images: int = BOX_IMAGES,
+    epsilons: tuple[float, ...] = BOX_EPSILONS,
+    prefix: str = "mnist",
+    note: str = "",
+) -> list[EpsBox]:
+    """The boxes for the first ``images`` test rows that every model in ``model_paths`` classifies correctly."""
+    correct = np.ones(len(test.y), bool)
+    for path in model_paths:
+        correct &= ort_outputs(path, test.x)["logits"].argmax(axis=1) == test.y
+    rows = np.flatnonzero(correct)[:images]
     boxes = []
     for row in rows:
         x = test.x[row].astype(np.float64)  # the float32 pixel, exactly
-        for eps in BOX_EPSILONS:
-            boxes.append(
-                EpsBox(int(row), int(test.y[row]), eps, np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0))
-            )
+        for eps in epsilons:
+            lo, hi = np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0)
+            boxes.append(EpsBox(int(row), int(test.y[row]), eps, lo, hi, prefix, note))
     return boxes
+
+
+def mlp_boxes(test: Split) -> list[EpsBox]:
+    """``boxes/mnist_img*.vnnlib``: around the first test rows ``BOX_MODEL`` classifies correctly."""
+    return eps_boxes(test, [MODELS_DIR / f"{BOX_MODEL}.onnx"])
+
+
+def cnn_boxes(test: Split) -> list[EpsBox]:
+    """``boxes/mnist_cnn_img*.vnnlib``: around the first test rows all of ``CNN_BOX_MODELS`` get right."""
+    paths = [MODELS_DIR / f"{name}.onnx" for name in CNN_BOX_MODELS]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the CNN boxes need {', '.join(missing)}: build them first (--only NAME)")
+    return eps_boxes(test, paths, CNN_BOX_IMAGES, CNN_BOX_EPSILONS, CNN_BOX_PREFIX, CNN_BOX_NOTE)
 
 
 def vnnlib_text(box: EpsBox, num_classes: int = NUM_CLASSES) -> str:
@@ -527,6 +777,7 @@ def vnnlib_text(box: EpsBox, num_classes: int = NUM_CLASSES) -> str:
         f"; MNIST test row {box.row} of models/data/mnist_test.npz (label {box.label}), "
         f"L-inf eps {box.eps:g} clipped to [0, 1].",
         "; Written by models/train_fixtures.py; unsat = the true class stays the top logit.",
+        *([f"; {box.note}"] if box.note else []),
         "",
     ]
     lines += [f"(declare-const X_{i} Real)" for i in range(n)]
@@ -542,12 +793,11 @@ def vnnlib_text(box: EpsBox, num_classes: int = NUM_CLASSES) -> str:
     return "\n".join(lines)
 
 
-def write_boxes(ds: Dataset) -> list[EpsBox]:
-    """Write ``boxes/mnist_img{row}_eps{eps}.vnnlib`` and check each parses back exactly."""
+def write_boxes(ds: Dataset, boxes: list[EpsBox]) -> list[EpsBox]:
+    """Write each box to its ``boxes/*.vnnlib`` file and check that it parses back exactly."""
     from onnxcomp.domain import parse_domain
 
     BOXES_DIR.mkdir(parents=True, exist_ok=True)
-    boxes = eps_boxes(ds.test, MODELS_DIR / f"{BOX_MODEL}.onnx")
     for box in boxes:
         box.path.write_text(vnnlib_text(box))
         parsed = parse_domain(str(box.path), ds.num_features)
@@ -565,8 +815,45 @@ def gemm_chain(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return layers
 
 
+# Points [n, F] -> the pre-activation of every ReLU layer, each [n, units].
+PreActivations = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def mlp_preactivations(path: Path) -> PreActivations:
+    """The hidden Gemm outputs of a :func:`mlp_to_onnx` fixture, in float64 numpy."""
+    hidden = gemm_chain(path)[:-1]
+
+    def run(h: np.ndarray) -> list[np.ndarray]:
+        zs = []
+        for w, b in hidden:
+            zs.append(h @ w.T + b)
+            h = np.maximum(zs[-1], 0.0)
+        return zs
+
+    return run
+
+
+def onnx_preactivations(path: Path) -> PreActivations:
+    """The input of every Relu node of the model at ``path``, flattened per sample, from onnxruntime.
+
+    Flat points are reshaped to the model's input shape and run in float32
+    (the model's precision): fine for a sampled diagnostic.
+    """
+    model = onnx.load(str(path))
+    relu_inputs = [n.input[0] for n in model.graph.node if n.op_type == "Relu"]
+    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in relu_inputs)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+
+    def run(h: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(h.reshape(len(h), *inp.shape[1:]), dtype=np.float32)
+        return [z.reshape(len(h), -1) for z in sess.run(relu_inputs, {inp.name: x})]
+
+    return run
+
+
 def sampled_stability(
-    layers: list[tuple[np.ndarray, np.ndarray]],
+    preactivations: PreActivations,
     lo: np.ndarray,
     hi: np.ndarray,
     *,
@@ -574,19 +861,18 @@ def sampled_stability(
     corners: int = STABILITY_CORNERS,
     seed: int = SEED,
     chunk: int = 2048,
-) -> tuple[int, int, int]:
-    """Hidden neurons that never change state on sampled points of the box [lo, hi].
+) -> list[tuple[int, int, int]]:
+    """ReLU units that never change state on sampled points of the box [lo, hi].
 
     The points are ``samples`` uniform draws, ``corners`` random vertices and
-    the centre.  Returns ``(stably_active, stably_inactive, hidden_total)``
-    (pre-activation always > 0, resp. always <= 0).  A diagnostic only:
-    sampling can miss a switch, so these are *candidate* stable neurons, an
+    the centre.  Returns ``(stably_active, stably_inactive, units)`` per ReLU
+    layer (pre-activation always > 0, resp. always <= 0).  A diagnostic only:
+    sampling can miss a switch, so these are *candidate* stable units, an
     upper bound on what a proof can certify.
     """
     rng = np.random.default_rng(seed)
-    hidden = layers[:-1]
-    seen_pos = [np.zeros(w.shape[0], bool) for w, _ in hidden]
-    seen_neg = [np.zeros(w.shape[0], bool) for w, _ in hidden]
+    seen_pos: list[np.ndarray] | None = None
+    seen_neg: list[np.ndarray] | None = None
     done = 0
     total = samples + corners + 1
     while done < total:
@@ -596,30 +882,84 @@ def sampled_stability(
         is_corner = (idx >= samples) & (idx < samples + corners)
         u[is_corner] = np.round(u[is_corner])  # a random vertex
         u[idx == total - 1] = 0.5  # the centre
-        h = lo + u * (hi - lo)
-        for k, (w, b) in enumerate(hidden):
-            z = h @ w.T + b
+        zs = preactivations(lo + u * (hi - lo))
+        if seen_pos is None:
+            seen_pos = [np.zeros(z.shape[1], bool) for z in zs]
+            seen_neg = [np.zeros(z.shape[1], bool) for z in zs]
+        for k, z in enumerate(zs):
             seen_pos[k] |= (z > 0).any(axis=0)
             seen_neg[k] |= (z <= 0).any(axis=0)
-            h = np.maximum(z, 0.0)
         done += n
-    active = sum(int((p & ~q).sum()) for p, q in zip(seen_pos, seen_neg))
-    inactive = sum(int((q & ~p).sum()) for p, q in zip(seen_pos, seen_neg))
-    return active, inactive, sum(p.size for p in seen_pos)
+    return [(int((p & ~q).sum()), int((q & ~p).sum()), p.size) for p, q in zip(seen_pos, seen_neg)]
+
+
+def first_layer_stability(path: Path, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
+    """Exactly stable units of a CNN's first ReLU layer over [lo, hi]: ``(active, inactive, units)``.
+
+    That layer (``Conv``, optionally ``BatchNormalization``, then ``Relu``) is
+    affine in the input, so interval arithmetic (centre through W, radius
+    through |W|, in float64) gives each unit's exact range: the truth the
+    sampled figures only bound from above.
+    """
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    conv, nxt = model.graph.node[:2]
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    w = inits[conv.input[1]]
+    b = inits[conv.input[2]] if len(conv.input) > 2 else np.zeros(w.shape[0])
+    if nxt.op_type == "BatchNormalization":
+        scale, shift, mean, var = (inits[k] for k in nxt.input[1:])
+        eps = next(helper.get_attribute_value(a) for a in nxt.attribute if a.name == "epsilon")
+        factor = scale / np.sqrt(var + eps)
+        w, b = w * factor[:, None, None, None], (b - mean) * factor + shift
+    top, left, bottom, right = attrs["pads"]
+    if (top, left) != (bottom, right):
+        raise ValueError(f"{path.name}: asymmetric conv1 pads")
+
+    def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        t = torch.nn.functional.conv2d(
+            torch.from_numpy(x.reshape(1, *IMAGE_SHAPE)), torch.from_numpy(weight),
+            None if bias is None else torch.from_numpy(bias), stride=attrs["strides"], padding=[top, left],
+        )
+        return t.numpy().ravel()
+
+    centre = conv2d((lo + hi) / 2, w, b)
+    radius = conv2d((hi - lo) / 2, np.abs(w), None)
+    low, high = centre - radius, centre + radius
+    return int((low > 0).sum()), int((high <= 0).sum()), low.size
+
+
+def _stability_cell(counts: list[tuple[int, int, int]]) -> str:
+    active, inactive, units = (sum(c[i] for c in counts) for i in range(3))
+    return f"{(active + inactive) / units:.3f} ({active}+/{inactive}-)"
 
 
 def stability_table(names: list[str], boxes: list[EpsBox], num_features: int) -> str:
-    """Markdown table: per model, the sampled stable fraction on [0,1]^F and on each ε-box."""
+    """Markdown table: per model, the sampled stable fraction on [0,1]^F and on each ε-box.
+
+    Dense fixtures get one row (all hidden layers together); CNNs one row per
+    ReLU layer, named by its Relu node, plus the exact figure for the first
+    (:func:`first_layer_stability`).
+    """
     header = "| model | [0,1]^784 | " + " | ".join(f"img{b.row} ε={b.eps:g}" for b in boxes) + " |"
     lines = [header, "|---" * (2 + len(boxes)) + "|"]
     full = (np.zeros(num_features), np.ones(num_features))
     for name in names:
-        layers = gemm_chain(MODELS_DIR / f"{name}.onnx")
-        cells = []
-        for lo, hi in [full, *((b.lo, b.hi) for b in boxes)]:
-            active, inactive, total = sampled_stability(layers, lo, hi)
-            cells.append(f"{(active + inactive) / total:.3f} ({active}+/{inactive}-)")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        path = MODELS_DIR / f"{name}.onnx"
+        is_cnn = name in CNN_BOX_MODELS
+        preactivations = onnx_preactivations(path) if is_cnn else mlp_preactivations(path)
+        per_domain = [sampled_stability(preactivations, lo, hi) for lo, hi in [full, *((b.lo, b.hi) for b in boxes)]]
+        if not is_cnn:
+            lines.append(f"| {name} | " + " | ".join(_stability_cell(c) for c in per_domain) + " |")
+            continue
+        relus = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Relu"]
+        for k, relu in enumerate(relus):
+            units = per_domain[0][k][2]
+            cells = " | ".join(_stability_cell([c[k]]) for c in per_domain)
+            lines.append(f"| {name} {relu} ({units}) | {cells} |")
+            if k == 0:
+                exact = [first_layer_stability(path, lo, hi) for lo, hi in [full, *((b.lo, b.hi) for b in boxes)]]
+                lines.append(f"| {name} {relu}, exact (intervals) | " + " | ".join(_stability_cell([c]) for c in exact) + " |")
     return "\n".join(lines)
 
 
@@ -654,15 +994,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--boxes",
         action="store_true",
-        help=f"only (re)write boxes/*.vnnlib from the existing {BOX_MODEL}.onnx "
-        f"(done anyway whenever {BOX_MODEL} is built)",
+        help=f"only (re)write boxes/*.vnnlib from the existing {BOX_MODEL}.onnx and CNN models "
+        f"(done anyway whenever {BOX_MODEL}, resp. any CNN, is built)",
     )
     parser.add_argument(
         "--stability",
         nargs="*",
         metavar="NAME",
         help="only print the sampled stable-neuron fractions of these existing models "
-        f"(default: {', '.join(SCALE_MODELS)}) on [0,1]^784 and on each ε-box; trains nothing",
+        f"(default: {', '.join(SCALE_MODELS)}) on [0,1]^784 and on each ε-box (per ReLU layer "
+        "for the CNNs, on the CNN boxes); trains nothing",
     )
     args = parser.parse_args(argv)
 
@@ -671,13 +1012,19 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--boxes / --stability do not train: drop --only")
         t_start = time.perf_counter()
         mnist = load_dataset("mnist")
-        boxes = write_boxes(mnist) if args.boxes else eps_boxes(mnist.test, MODELS_DIR / f"{BOX_MODEL}.onnx")
+        boxes = mlp_boxes(mnist.test)
         if args.boxes:
-            for box in boxes:
+            for box in write_boxes(mnist, boxes + cnn_boxes(mnist.test)):
                 print(f"wrote {box.path.relative_to(MODELS_DIR.parent)}")
         if args.stability is not None:
             names = args.stability or list(SCALE_MODELS)
-            print(stability_table(names, boxes, mnist.num_features))
+            # Each CNN is sampled on the CNN boxes, each dense net on the mnist_img* ones.
+            cnns = [n for n in names if n in CNN_BOX_MODELS]
+            dense = [n for n in names if n not in CNN_BOX_MODELS]
+            if dense:
+                print(stability_table(dense, boxes, mnist.num_features))
+            if cnns:
+                print(stability_table(cnns, cnn_boxes(mnist.test), mnist.num_features))
         print(f"\ntotal time: {time.perf_counter() - t_start:.1f}s")
         return
 
@@ -699,16 +1046,21 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for spec in specs:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         result = BUILDERS[spec.source](spec, datasets[spec.dataset])
         results.append(result)
         print(
             f"wrote {result.path.relative_to(MODELS_DIR.parent)}: acc={result.test_accuracy:.4f} "
-            f"max|ort-ref|={result.max_logit_diff:.2e} ({time.perf_counter() - t0:.1f}s)"
+            f"max|ort-ref|={result.max_logit_diff:.2e} ({time.perf_counter() - t0:.1f}s wall, "
+            f"{time.process_time() - cpu0:.1f}s CPU, {result.path.stat().st_size:,} bytes)"
         )
         if spec.name == BOX_MODEL:
-            for box in write_boxes(datasets[spec.dataset]):
+            for box in write_boxes(datasets[spec.dataset], mlp_boxes(datasets[spec.dataset].test)):
                 print(f"wrote {box.path.relative_to(MODELS_DIR.parent)}")
+    # The CNN boxes depend on all three CNNs, so they are rewritten after the last one is built.
+    if any(spec.source == "cnn" for spec in specs):
+        for box in write_boxes(datasets["mnist"], cnn_boxes(datasets["mnist"].test)):
+            print(f"wrote {box.path.relative_to(MODELS_DIR.parent)}")
 
     print()
     print(results_table(results))

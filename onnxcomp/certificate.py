@@ -29,8 +29,15 @@ META_KEY = "certificate"
 STATES = ("inactive", "active")
 
 
+BITS = "bits:"
+
+
 def pack_ids(ids) -> str:
-    """Increasing neuron ids as ranges, ``"0-5,9,12-40"`` (a dead channel is one range)."""
+    """Neuron ids as ranges, ``"0-5,9,12-40"`` (a dead channel is one range), or, when shorter (thousands of
+    scattered conv units), ``"bits:"`` + base64 of the zlib-compressed bitmap."""
+    import base64
+    import zlib
+
     ids = sorted(int(i) for i in ids)
     parts, start = [], None
     for a, b in zip(ids, ids[1:] + [None]):
@@ -38,13 +45,30 @@ def pack_ids(ids) -> str:
         if b != a + 1:
             parts.append(str(start) if start == a else f"{start}-{a}")
             start = None
-    return ",".join(parts)
+    ranges = ",".join(parts)
+    if len(ranges) > 64:
+        mask = np.zeros(ids[-1] + 1, bool)
+        mask[ids] = True
+        bits = BITS + base64.b64encode(zlib.compress(np.packbits(mask).tobytes(), 9)).decode("ascii")
+        if len(bits) < len(ranges):
+            return bits
+    return ranges
 
 
 def unpack_ids(packed) -> list:
     """The ids of :func:`pack_ids` (a plain list of ints is accepted too); ``ValueError`` when malformed."""
+    import base64
+    import binascii
+    import zlib
+
     if isinstance(packed, list):
         return [int(i) for i in packed]
+    if isinstance(packed, str) and packed.startswith(BITS):
+        try:
+            raw = zlib.decompress(base64.b64decode(packed[len(BITS):], validate=True))
+        except (binascii.Error, zlib.error) as exc:
+            raise ValueError(f"bitmap ({exc})") from None
+        return np.flatnonzero(np.unpackbits(np.frombuffer(raw, np.uint8))).tolist()
     out: list = []
     for part in filter(None, str(packed).split(",")):
         a, _, b = part.partition("-")
@@ -74,11 +98,23 @@ def unpack_floats(packed) -> np.ndarray:
     return np.asarray(packed, dtype=np.float64)
 
 
+MARGIN_STEPS = 4
+"""Margins are written rounded up to the grid ``2**(j / MARGIN_STEPS)``: a larger margin is a weaker claim, so
+the rounded claim still holds, and a few distinct values compress to almost nothing."""
+
+
+def round_up_margins(eps: np.ndarray) -> np.ndarray:
+    eps = np.asarray(eps, dtype=np.float64)
+    up = np.exp2(np.ceil(np.log2(eps) * MARGIN_STEPS) / MARGIN_STEPS)
+    return np.maximum(up, eps)  # never below the margin itself, whatever exp2/log2 round to
+
+
 def issue(net: Network, st: StabilityState) -> dict:
     """The claims ``st`` makes about ``net``'s hidden ReLU neurons (original numbering), the ids of each
     proof kind as ranges (:func:`pack_ids`), the margins of the epsilon claims packed (:func:`pack_floats`).
     A convolution's stably active units are left out: the fold never uses them (it removes only units and
-    channels that are constant), so they are no part of what the output rests on."""
+    channels that are constant), so they are no part of what the output rests on.  Margins are rounded up
+    (:func:`round_up_margins`)."""
     layers = []
     for k, layer in enumerate(net.layers[:-1]):
         if not layer.is_relu:
@@ -94,7 +130,7 @@ def issue(net: Network, st: StabilityState) -> dict:
         with_eps = np.flatnonzero((masks["inactive"] | masks["active"]) & (st.epsilon[k] > 0))
         if with_eps.size:
             entry["epsilon"] = {"ids": pack_ids(int(layer.neuron_ids[i]) for i in with_eps),
-                                "values": pack_floats(st.epsilon[k][with_eps])}
+                                "values": pack_floats(round_up_margins(st.epsilon[k][with_eps]))}
         layers.append(entry)
     return {"version": VERSION, "network": net.fingerprint(), "layers": layers}
 

@@ -418,8 +418,11 @@ def check_needs(spec: PassSpec, net: Network, ctx: Context) -> None:
                 others = sorted({n for n in ctx.planned if not REGISTRY[n].conv})
                 if others:
                     hint = (f" (convolutions are read into the chain only when every pass handles them, and "
-                            f"{', '.join(others)} do{'es' if len(others) == 1 else ''} not yet: run '{spec.name}' "
-                            f"alone first, then the others on its output)")
+                            f"{', '.join(others)} do{'es' if len(others) == 1 else ''} not yet: run the exact "
+                            f"passes alone first (-p stable), then the others on the output)")
+            stop = getattr(net.onnx, "input_stop", "")
+            if stop and not hint:
+                hint = f" (from the input, the chain stops at {stop})"
             raise InputError(f"{ctx.source}: the chain starts after {', '.join(net.onnx.prefix_ops)} ops; pass "
                              f"'{spec.name}' {NEEDS[DOMAIN][0]} and needs the chain to start at the model input"
                              + hint)

@@ -61,6 +61,8 @@ class OnnxContext:
     output_shape: tuple
     dtype: int
     prefix_ops: list = field(default_factory=list)
+    input_stop: str = ""
+    """When the chain does not start at the model input: where, and why, the path from the input stops."""
     suffix_ops: list = field(default_factory=list)
     source: str = ""
 
@@ -523,6 +525,8 @@ class _Lowerer:
             elif first_stop is not None:
                 where = f": input '{first_stop.start}' reaches no Gemm/MatMul"
             raise InputError(f"{self.source}: no lowerable Gemm/MatMul+Relu chain{where}")
+        if best is not first_stop and first_stop is not None:
+            best.input_stop = getattr(first_stop, "stop_reason", "") or ""
         return best
 
 
@@ -968,6 +972,7 @@ def lower(model: onnx.ModelProto, source: str = "model", conv: bool = False) -> 
         output_shape=tuple(walk.shape),
         dtype=dtype,
         prefix_ops=[lw.nodes[i].op_type for i in sorted(ancestors)],
+        input_stop=getattr(walk, "input_stop", "") if ancestors else "",
         suffix_ops=[n.op_type for i, n in enumerate(lw.nodes) if i not in chain_nodes and i not in ancestors],
         source=source,
     )

@@ -96,6 +96,17 @@ def test_every_readme_command_succeeds(scratch):
     assert (scratch / "digits_small.onnx").exists() and (scratch / "exact.json").exists()
     assert (scratch / "mnist_pruned.onnx").stat().st_size < (ROOT / "models/mnist_2x100_l1.onnx").stat().st_size
     assert (scratch / "mnist_4bit.onnx").stat().st_size < (ROOT / "models/mnist_2x100_l1.onnx").stat().st_size / 4
+    # the CNN paragraph's figures are the report's
+    import json
+
+    cifar = json.loads((scratch / "cifar.json").read_text())
+    text = README.replace("\n", " ")
+    assert f"`{cifar['model']['after']['widths']}`" in text
+    conv = [layer for layer in cifar["stable"]["layers"] if layer.get("kind") == "conv"]
+    assert f"{conv[0]['channels_removed']} of the 8 first-layer channels and {conv[1]['channels_removed']} of the 16" in text
+    assert f"{1024 - cifar['model']['after']['widths'][1]} of the 1024 head inputs are constant" in text
+    assert f"to {cifar['model']['after']['file_bytes'] / 1024:.1f} KB" in text
+    assert cifar["stable"]["totals"]["undecided"] == 0
 
 
 def test_acas_numbers_quoted_in_readme_are_what_the_tool_reports(scratch):

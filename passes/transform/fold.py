@@ -32,6 +32,14 @@ def run(net, ctx, opts) -> PassResult:
     entry = {"removed_neurons": len(report["removed"]), "folded_layers": len(report["folded_layers"]),
              "widths_before": net.widths, "widths_after": new.widths,
              "epsilon_error_bound": report["epsilon_error_bound"],
-             "message": f"widths {net.widths} -> {new.widths}, {len(report['removed'])} neurons removed"}
+             "message": f"widths {net.widths} -> {new.widths}, {len(report['removed'])} neurons removed"
+                        + _channels(report)}
     return PassResult(network=new, entry=entry,
                       sections={"stable": report, "certificate": certificate.issue(net, st)})
+
+
+def _channels(report: dict) -> str:
+    """', channels removed: layer 0 2 of 8, ...' for the convolutions that lost channels."""
+    parts = [f"layer {l['layer']} {l['channels_removed']} of {l['shape'][0]}" for l in report["layers"]
+             if l.get("channels_removed")]
+    return f", channels removed: {', '.join(parts)}" if parts else ""

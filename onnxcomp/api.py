@@ -31,7 +31,8 @@ from .ir import Box
 from .milp import SOLVERS
 from .onnxio import check_model, load_model, real_inputs, value_shape
 from .options import build, option, specs
-from .pipeline import REGISTRY, Context, Options, PassManager, Progress, all_option_specs, expand, load_passes
+from .pipeline import (REGISTRY, Context, Options, PassManager, Progress, all_option_specs, check_run_needs, expand,
+                       load_passes)
 from .reader import check_input, lower, model_input_features
 from .report import Report, domain_summary, model_summary
 from .runtime import Runner, providers
@@ -274,8 +275,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     check_runs(original, name, settings.device)
     n_features = model_input_features(net)
     box, x, y = load_inputs(original, n_features, domain, data, labels)
-    if box is None and x is None:
-        raise UsageError("give --domain or --data (verification needs inputs)")
+    check_run_needs(names, Context(box=box, data=x, labels=y, options=opts))
     budget = Budget(settings.max_drop, settings.min_agreement, settings.max_class_drop)
     budget.check_usage([n for n in names if not REGISTRY[n].exact], x is not None, y is not None)
     reserve = min(VERIFY_RESERVE * settings.time_limit, 10.0)

@@ -132,10 +132,13 @@ def _print_run(report: dict) -> None:
         out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {entry.get('message', '')}")
     fid = report.get("fidelity") or {}
     if fid.get("summary"):
-        out.print(f"  fidelity ({'exact, no change' if fid.get('exact') else 'lossy'}): {fid['summary']}")
+        out.print(f"  fidelity on --data ({fid['samples']:,} rows, class predictions against the original): "
+                  f"{fid['summary']}")
     if fid.get("budget"):
         b = fid["budget"]
-        out.print(f"  budget {b['flags']}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
+        from .formats import budget_text
+
+        out.print(f"  budget {budget_text(b['flags'])}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
                   f"{b['held_out']['top1_agreement']:.4f} agreement, {'met' if b['met_on_held_out'] else 'NOT met'} on held-out")
     lat = report.get("latency_ms")
     if lat:
@@ -268,7 +271,8 @@ def _run(model, passes, output, report, config, format, debug, **options) -> Non
 
     def text():
         _print_run(rep)
-        out.print(f"verify {result.verification.summary()}")
+        for line in result.summary().splitlines():
+            out.print(line, markup=False)
         out.print(f"wrote {out_path}")
 
     _emit(rep, fmt, report_path, text)

@@ -123,8 +123,9 @@ def writer_line(verification: Mapping) -> str:
     or that the written file itself was compared with the original (exact runs)."""
     if not str(verification.get("against", "")).startswith("transformed"):
         return "writer check: the written file itself is compared with the original (exact passes)"
-    word = "ok" if verification.get("passed") else "FAILED"
-    return f"writer check {word}: the written file computes the transformed network ({_error_line(verification)})"
+    if verification.get("passed"):
+        return f"writer check ok: the written file computes the transformed network ({_error_line(verification)})"
+    return f"writer check FAILED: the written file differs from the transformed network ({_error_line(verification)})"
 
 
 def original_line(original: Mapping) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import itertools
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir import Box
 from onnxcomp.pipeline import COMPOSITES, DATA, DOMAIN, INPUTS, LABELS, NEEDS, REGISTRY, Context, Options, check_needs, \
     expand, load_passes, plan
-from onnxcomp.reader import lower
 from onnxcomp.onnxio import load_model
+from onnxcomp.reader import lower
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits_2x32_l1.onnx"
@@ -30,16 +29,20 @@ load_passes()
 NAMES = sorted(set(REGISTRY) | set(COMPOSITES))
 
 
-def shown(name: str, extra: tuple = ()) -> tuple[str, list[str]]:
-    """The first needs line of ``onnxcomp passes NAME`` (what the user reads), and the lines under it."""
+def printed(*argv: str) -> str:
+    """What ``onnxcomp ARGV`` prints on stdout (the command line's own console, in this process)."""
     buf = io.StringIO()
-    with redirect_stdout(buf):
-        cli.out.file = buf
-        try:
-            assert cli.main(["passes", name, *extra]) == 0
-        finally:
-            cli.out.file = None
-    lines = buf.getvalue().splitlines()
+    cli.out.file = buf
+    try:
+        assert cli.main(list(argv)) == 0
+    finally:
+        cli.out.file = None
+    return buf.getvalue()
+
+
+def shown(name: str) -> tuple[str, list[str]]:
+    """The first needs line of ``onnxcomp passes NAME`` (what the user reads), and the lines under it."""
+    lines = printed("passes", name).splitlines()
     i = next(k for k, line in enumerate(lines) if line.strip().startswith("needs:"))
     more = []
     for line in lines[i + 1:]:
@@ -115,13 +118,7 @@ def test_quantize_says_it_needs_inputs_and_more_with_fisher_scores(net):
 
 
 def test_the_table_shows_the_same_needs():
-    buf = io.StringIO()
-    cli.out.file = buf
-    try:
-        assert cli.main(["passes"]) == 0
-    finally:
-        cli.out.file = None
-    rows = {line.split("│")[0].strip(): line.split("│")[2].strip() for line in buf.getvalue().splitlines()
+    rows = {line.split("│")[0].strip(): line.split("│")[2].strip() for line in printed("passes").splitlines()
             if line.count("│") >= 5 and line.split("│")[0].strip()}
     for name in NAMES:
         want = {NEEDS[n][1] for n in displayed_needs(shown(name)[0])}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__, certificate
+from . import __version__, certificate, pipeline
 from .data import check_data, check_labels, labels_from_data_file, load_data, load_labels
 from .domain import check_box, parse_domain
 from .equivalence import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
@@ -31,8 +31,7 @@ from .ir import Box
 from .milp import SOLVERS
 from .onnxio import check_model, load_model, real_inputs, value_shape
 from .options import build, option, specs
-from .pipeline import (REGISTRY, Context, Options, PassManager, Progress, all_option_specs, check_run_needs, expand,
-                       load_passes)
+from .pipeline import REGISTRY, Context, Options, PassManager, Progress, all_option_specs, expand, load_passes
 from .reader import check_input, lower, model_input_features
 from .report import Report, domain_summary, model_summary
 from .runtime import Runner, providers
@@ -287,7 +286,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     check_runs(original, name, settings.device)
     n_features = model_input_features(net)
     box, x, y = load_inputs(original, n_features, domain, data, labels)
-    check_run_needs(names, Context(box=box, data=x, labels=y, options=opts))
+    pipeline.check_run_needs(names, Context(box=box, data=x, labels=y, options=opts))
     budget = Budget(settings.max_drop, settings.min_agreement, settings.max_class_drop)
     budget.check_usage([n for n in names if not REGISTRY[n].exact], x is not None, y is not None)
     reserve = min(VERIFY_RESERVE * settings.time_limit, 10.0)

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__, certificate
+from . import __version__, certificate, pipeline
 from .data import check_data, check_labels, labels_from_data_file, load_data, load_labels
 from .domain import check_box, parse_domain
 from .equivalence import ATOL, CORNERS, RTOL, SAMPLES, VerifyResult, verify_models
-from .errors import BudgetNotMet, InputError, OptionError, UsageError, VerificationFailed
-from .fidelity import Budget, assess_run
+from .errors import BudgetNotMet, InputError, OptionError, OutputGrew, UsageError, VerificationFailed
+from .fidelity import Budget, against_original, assess_run
 from .ir import Box
 from .milp import SOLVERS
 from .onnxio import check_model, load_model, real_inputs, value_shape
@@ -65,6 +65,8 @@ class RunSettings:
                                          max=100.0)
     max_class_drop: float | None = option(None, "budget: max accuracy drop of the worst class, in points (needs "
                                           "labels)", min=0.0, max=100.0)
+    fail_on_growth: bool = option(False, "fail (exit 1, nothing written) when the written model would be larger "
+                                  "than its input; without it a warning says so")
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,22 @@ _INPUT_KEYS = ("domain", "data", "labels")
 @dataclass
 class Result:
     """What :func:`compress` made: ``model`` (the verified ``ModelProto``), ``report`` (the dictionary
-    ``--report`` writes), ``verification`` (statistics of the check against the original)."""
+    ``--report`` writes), ``verification`` (statistics of the writer check: for an exact run the written
+    model against the original, for a lossy one against the transformed network).  :meth:`summary` says
+    both what the writer check found and the fidelity to the original (``report["fidelity"]["original"]``)."""
 
     model: onnx.ModelProto
     report: dict
     verification: VerifyResult
     data: bytes = field(repr=False, default=b"")
+
+    def summary(self) -> str:
+        """Two lines, as the command line prints them: the writer check, and the fidelity to the original
+        (PASSED or FAILED only when judged: equivalence for an exact run, a budget or tolerance the user
+        stated for a lossy one; otherwise the measured figures)."""
+        from .formats import original_line, writer_line
+
+        return writer_line(self.report["verification"]) + "\n" + original_line(self.report["fidelity"]["original"])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to ``path`` atomically (temporary file, then rename); returns the path."""
@@ -275,8 +287,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     check_runs(original, name, settings.device)
     n_features = model_input_features(net)
     box, x, y = load_inputs(original, n_features, domain, data, labels)
-    if box is None and x is None:
-        raise UsageError("give --domain or --data (verification needs inputs)")
+    pipeline.check_run_needs(names, Context(box=box, data=x, labels=y, options=opts))
     budget = Budget(settings.max_drop, settings.min_agreement, settings.max_class_drop)
     budget.check_usage([n for n in names if not REGISTRY[n].exact], x is not None, y is not None)
     reserve = min(VERIFY_RESERVE * settings.time_limit, 10.0)
@@ -302,6 +313,9 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     report.passes = ctx.log
     report.warnings = list(ctx.warnings)
     report.stable = ctx.sections.get("stable")
+    undecided = _undecided(report.stable)
+    if undecided:
+        report.warnings.append(undecided)
     exact = all(REGISTRY[n].exact for n in ran)
     meta = {
         "passes": ",".join(ran),
@@ -319,22 +333,68 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     # Exact runs must match the original.  Lossy runs must match the transformed IR written with plain
     # dense weights (the writer check), and their fidelity to the original is measured and budgeted.
     reference = original if exact else to_model(new_net, plain_weights=True)
-    result = verify_models(reference, candidate, box=box, data=x, samples=settings.samples, corners=settings.corners,
-                           seed=settings.seed, atol=settings.atol, rtol=settings.rtol, device=settings.device)
-    report.verification = dict(result.to_dict(), against="original" if exact else "transformed network (writer check)")
+    check = dict(box=box, data=x, samples=settings.samples, corners=settings.corners, seed=settings.seed,
+                 atol=settings.atol, rtol=settings.rtol, device=settings.device)
+    result = verify_models(reference, candidate, **check)
+    result.against = "original" if exact else "transformed network (writer check)"
+    report.verification = result.to_dict()
     report.model["after"] = model_summary(new_net, len(cand_bytes))
     latency_inputs = None if x is not None or box is None else box.sample(1024, ctx.rng(7))
     assessment = assess_run(original, candidate, x, y, budget, exact=exact, seed=settings.seed,
                             device=settings.device, latency_inputs=latency_inputs)
     report.fidelity, report.latency_ms = assessment.fidelity, assessment.latency_ms
-    if not result.passed or assessment.violations:
-        if result.passed:
-            err = BudgetNotMet(f"budget not met on the held-out half, nothing written: {'; '.join(assessment.violations)}")
-        else:
+    # The fidelity to the original, on the same inputs as the writer check (for an exact run it is that check).
+    to_original = result if exact else verify_models(original, candidate, **check)
+    report.fidelity["original"] = against_original(
+        to_original.to_dict(), exact=exact, inputs=_inputs_text(box, x), budget=budget,
+        budget_met=not assessment.violations if budget.active else None,
+        tolerance_stated=any(given.get(k) is not None for k in ("atol", "rtol")))
+    grew = _growth(original_bytes if original_bytes is not None else len(original.SerializeToString()),
+                   len(cand_bytes))
+    if grew:
+        report.warnings.append(grew)
+    failed = report.fidelity["original"]["passed"] is False and not exact
+    if not result.passed or assessment.violations or failed or (grew and settings.fail_on_growth):
+        if not result.passed:
             err = VerificationFailed(f"verification failed, nothing written: {result.summary()}")
+        elif assessment.violations:
+            err = BudgetNotMet(f"budget not met on the held-out half, nothing written: {'; '.join(assessment.violations)}")
+        elif failed:
+            from .formats import original_line
+
+            err = VerificationFailed(f"nothing written: {original_line(report.fidelity['original'])}")
+        else:
+            err = OutputGrew(f"{grew}; nothing written (--fail-on-growth)")
         err.report = report.to_dict()
         raise err
     return Result(candidate, report.to_dict(), result, cand_bytes)
+
+
+def _undecided(stable: dict | None) -> str:
+    """One line on the neurons a stable run left undecided (kept): how many, in which layers, what may
+    decide them; ``""`` when there are none."""
+    per_layer = [(layer["layer"], len(layer.get("undecided") or [])) for layer in (stable or {}).get("layers", [])]
+    per_layer = [(k, n) for k, n in per_layer if n]
+    total = sum(n for _, n in per_layer)
+    if not total:
+        return ""
+    where = ", ".join(f"layer {k}: {n}" for k, n in per_layer)
+    return (f"{total} neuron{'s' if total > 1 else ''} undecided, kept unproven ({where}); a longer --time-limit "
+            f"may decide them")
+
+
+def _inputs_text(box: Box | None, data: np.ndarray | None) -> str:
+    """The inputs a run's comparisons use, in words."""
+    parts = (["--data rows"] if data is not None else []) + (["domain samples and corners"] if box is not None else [])
+    return ", ".join(parts)
+
+
+def _growth(before: int, after: int) -> str:
+    """The warning for a written model larger than its input (both sizes), or ``""``."""
+    if after <= before:
+        return ""
+    return (f"the written model is larger than its input: {before:,} -> {after:,} bytes "
+            f"(+{100 * (after - before) / before:.1f}%)")
 
 
 # ---- verify -------------------------------------------------------------------------------------------------------

@@ -132,10 +132,13 @@ def _print_run(report: dict) -> None:
         out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {entry.get('message', '')}")
     fid = report.get("fidelity") or {}
     if fid.get("summary"):
-        out.print(f"  fidelity ({'exact, no change' if fid.get('exact') else 'lossy'}): {fid['summary']}")
+        out.print(f"  fidelity on --data ({fid['samples']:,} rows, class predictions against the original): "
+                  f"{fid['summary']}")
     if fid.get("budget"):
         b = fid["budget"]
-        out.print(f"  budget {b['flags']}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
+        from .formats import budget_text
+
+        out.print(f"  budget {budget_text(b['flags'])}: validation {b['validation']['top1_agreement']:.4f} agreement, held-out "
                   f"{b['held_out']['top1_agreement']:.4f} agreement, {'met' if b['met_on_held_out'] else 'NOT met'} on held-out")
     lat = report.get("latency_ms")
     if lat:
@@ -268,7 +271,8 @@ def _run(model, passes, output, report, config, format, debug, **options) -> Non
 
     def text():
         _print_run(rep)
-        out.print(f"verify {result.verification.summary()}")
+        for line in result.summary().splitlines():
+            out.print(line, markup=False)
         out.print(f"wrote {out_path}")
 
     _emit(rep, fmt, report_path, text)
@@ -355,11 +359,44 @@ def inspect(model: str, as_json: bool, debug: bool) -> None:
         out.print(f"{k}: {v if len(v) < 120 else v[:117] + '...'}")
 
 
+def _needs_text(pairs: list) -> str:
+    """``--domain (bounds proves facts over an input domain); ...`` for :func:`pipeline.run_needs`' pairs."""
+    from .pipeline import NEEDS, RUN
+
+    return "; ".join(f"{NEEDS[need][1]} ({'the run verifies the written file on them' if who == RUN else who + ' ' + NEEDS[need][0]})"
+                     for need, who in pairs)
+
+
+def _needs_with_options(name: str) -> list[str]:
+    """``with --score fisher: --data (...)`` for each option choice that makes the run of ``name`` need more
+    than its defaults do (an analysis it then inserts)."""
+    from .pipeline import COMPOSITES, REGISTRY, Context, Options, expand, run_needs
+
+    base = run_needs([name])
+    steps = expand([name]) if name in COMPOSITES else [name]
+    out = []
+    for spec in {s.name: s for step in steps for s in REGISTRY[step].option_specs()}.values():
+        for choice in spec.choices or ():
+            extra = [p for p in run_needs([name], Context(options=Options({spec.name: choice})))
+                     if p[0] not in {n for n, _ in base}]
+            if extra:
+                out.append(f"with {spec.flag} {choice}: {_needs_text(extra)}")
+    return out
+
+
+def _print_needs(name: str) -> None:
+    from .pipeline import run_needs
+
+    out.print(f"  needs:    {_needs_text(run_needs([name])) or 'nothing from the user'}", markup=False)
+    for line in _needs_with_options(name):
+        out.print(f"            {line}", markup=False)
+
+
 @app.command("passes", context_settings=CONTEXT)
 @click.argument("name", required=False)
 def list_passes(name: str | None) -> None:
     """List the passes (what each needs, provides and its options), or show one pass in full."""
-    from .pipeline import COMPOSITES, KIND_NAMES, NEEDS, REGISTRY, load_passes
+    from .pipeline import COMPOSITES, KIND_NAMES, NEEDS, REGISTRY, load_passes, run_needs
 
     load_passes()
     if name is not None:
@@ -367,6 +404,7 @@ def list_passes(name: str | None) -> None:
             c = COMPOSITES[name]
             steps = " -> ".join(c.steps + ((f"[{c.default_next}]",) if c.default_next else ()))
             out.print(f"{name}: composite, {c.summary}\n  runs: {steps}\n  paper: {c.paper}")
+            _print_needs(name)
             if name not in REGISTRY:
                 return
             out.print("")
@@ -376,7 +414,7 @@ def list_passes(name: str | None) -> None:
         out.print(f"{p.name}: {KIND_NAMES[p.kind]}, {p.summary}", markup=False)
         if p.paper:
             out.print(f"  paper:    {p.paper}", markup=False)
-        out.print(f"  needs:    {', '.join(NEEDS[n][1] for n in p.needs) or 'nothing from the user'}", markup=False)
+        _print_needs(p.name)
         req = p.required(p.defaults())
         out.print(f"  requires: {', '.join(t.__name__ for t in req) or 'no earlier annotation'}"
                   + (" (more with some options, see below)" if callable(p.requires) else ""), markup=False)
@@ -400,11 +438,12 @@ def list_passes(name: str | None) -> None:
     for cname in sorted(COMPOSITES):
         c = COMPOSITES[cname]
         steps = " -> ".join(c.steps + ((c.default_next,) if c.default_next else ()))
-        table.add_row(cname, "composite", "", "", "", escape(f"{c.summary} ({steps})"))
+        table.add_row(cname, "composite", ", ".join(NEEDS[n][1] for n, _ in run_needs([cname])), "", "",
+                      escape(f"{c.summary} ({steps})"))
     for pname in sorted(REGISTRY):
         p = REGISTRY[pname]
         provides = ", ".join(t.__name__ for t in p.provides) or ("network" if p.is_transform else "")
-        table.add_row(pname, KIND_NAMES[p.kind], ", ".join(NEEDS[n][1] for n in p.needs), provides,
+        table.add_row(pname, KIND_NAMES[p.kind], ", ".join(NEEDS[n][1] for n, _ in run_needs([pname])), provides,
                       " ".join(s.flag for s in p.option_specs()), escape(p.summary))
     out.print(table)
 

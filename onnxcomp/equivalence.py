@@ -44,15 +44,23 @@ class VerifyResult:
     rtol: float
     worst_sample: int | None = None
     reason: str = ""
+    against: str = ""
+    """What the candidate was compared with, when that is not simply the reference file: a run's writer
+    check compares the written file with the transformed network (``"transformed network (writer check)"``)."""
     formal: dict | None = field(default=None, repr=False)
     report: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        """The statistics (``formal`` and ``report``, which hold these, are left out)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("formal", "report")}
+        """The statistics (``formal`` and ``report``, which hold these, are left out; ``against`` when set)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("formal", "report") and not (k == "against" and not v)}
 
     def summary(self) -> str:
         top1 = "n/a" if self.top1_agreement is None else f"{100 * self.top1_agreement:.2f}%"
+        if self.against.startswith("transformed"):
+            from .formats import writer_line  # says what was compared, and never "PASSED" for it
+
+            return writer_line(self.to_dict()) + (f" ({self.reason})" if self.reason else "")
         word = "PASSED" if self.passed else "FAILED"
         line = (f"{word}: {self.samples} samples, max abs err {self.max_abs_err:.3g}, mean abs err "
                 f"{self.mean_abs_err:.3g}, max rel err {self.max_rel_err:.3g}, top-1 agreement {top1}")

@@ -60,6 +60,12 @@ class BudgetNotMet(OnnxcompError):
     exit_code = 1
 
 
+class OutputGrew(OnnxcompError):
+    """The written model would be larger than its input and ``--fail-on-growth`` was given.  Exit code 1."""
+
+    exit_code = 1
+
+
 class InternalError(OnnxcompError):
     """A bug in onnxcomp or in a pass (not the user's input).  Exit code 3."""
 

@@ -309,3 +309,40 @@ def assess_run(original: onnx.ModelProto, candidate: onnx.ModelProto, data: np.n
             latency = {"before": measure_latency(original, x, device), "after": measure_latency(candidate, x, device),
                        "unit": "ms per onnxruntime run call, median"}
     return RunAssessment(fid, latency, violations)
+
+
+STAT_KEYS = ("samples", "max_abs_err", "mean_abs_err", "max_rel_err", "top1_agreement", "output_scale", "atol", "rtol")
+
+
+def against_original(stats: dict, *, exact: bool, inputs: str, budget: Budget, budget_met: bool | None,
+                     tolerance_stated: bool) -> dict:
+    """The report's ``fidelity.original`` block: how the written model compares with the ORIGINAL on the
+    run's inputs (``stats``: :class:`~onnxcomp.equivalence.VerifyResult` fields of that comparison), and
+    whether that was judged, by what.
+
+    An exact run is judged by equivalence (the comparison's own tolerance).  A lossy run is judged only
+    by what the user stated: a fidelity budget (met on the held-out half of ``--data``) and/or a
+    tolerance (``--atol``/``--rtol`` given), each of which must hold; with neither, ``passed`` is
+    ``None``: measured, not judged, and never shown as passed."""
+    block = {k: stats.get(k) for k in STAT_KEYS}
+    block.update(exact=exact, inputs=inputs)
+    if exact:
+        block.update(judged_by=["equivalence"], passed=bool(stats.get("passed")),
+                     criterion=f"exact passes: equivalent within atol {stats['atol']:g} + rtol {stats['rtol']:g} "
+                               f"x output scale")
+        return block
+    judged, verdicts, criteria = [], [], []
+    if budget.active:
+        judged.append("budget")
+        verdicts.append(bool(budget_met))
+        from .formats import budget_text
+
+        criteria.append(f"budget {budget_text(budget.flags())} {'met' if budget_met else 'not met'} on the held-out "
+                        f"half of --data")
+    if tolerance_stated:
+        judged.append("tolerance")
+        verdicts.append(bool(stats.get("passed")))
+        criteria.append(f"stated tolerance atol {stats['atol']:g} + rtol {stats['rtol']:g} x output scale")
+    block.update(judged_by=judged, passed=all(verdicts) if judged else None,
+                 criterion="; ".join(criteria) if criteria else "no budget or tolerance set")
+    return block

@@ -16,6 +16,12 @@ The checks, as both views name them:
   against the same tolerance.
 * **fidelity budget** -- ``fidelity.budget`` (lossy runs with ``--max-drop`` and friends): met on the
   held-out half of ``--data``.
+* **fidelity to the original** -- ``fidelity.original`` (lossy runs): the written model against the
+  original on the domain samples and ``--data``.  Judged only by what the user stated (a budget, a
+  tolerance); without one its ``passed`` is ``None``: measured, not judged, shown as such and never as
+  passed (a JUnit ``skipped`` case).  In an exact run the sampled equivalence is that check.
+
+:func:`writer_line` and :func:`original_line` are the two lines every face prints for a run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 
-__all__ = ["append_step_summary", "checks", "junit", "markdown", "min_tolerances", "passed"]
+__all__ = ["append_step_summary", "budget_text", "checks", "junit", "markdown", "min_tolerances", "original_line",
+           "passed", "writer_line"]
 
 
 # ---- the checks --------------------------------------------------------------------------------------------------
@@ -79,11 +86,19 @@ def checks(report: Mapping) -> list[dict]:
                   f"{f.get('solver') or 'none'}, {'complete' if f.get('complete') else 'stopped early'}")
         out.append({"id": "formal_bound", "name": "formal bound", "passed": bool(f.get("passed")),
                     "message": f.get("verdict") or detail, "detail": detail, "seconds": f.get("seconds")})
+    original = (report.get("fidelity") or {}).get("original")
+    if original and original.get("judged_by") != ["equivalence"]:
+        judged = "not judged: " if original.get("passed") is None else ""
+        out.append({"id": "fidelity_original", "name": "fidelity to the original", "passed": original.get("passed"),
+                    "message": f"{judged}{original.get('criterion')}: top-1 agreement "
+                               f"{_pct(original.get('top1_agreement'))}, max abs err {_g(original.get('max_abs_err'))}",
+                    "detail": f"{_error_line(original)} on {original.get('inputs')}; {original.get('criterion')}",
+                    "seconds": None})
     budget = (report.get("fidelity") or {}).get("budget")
     if budget:
         held = budget.get("held_out") or {}
         violations = held.get("violations") or []
-        flags = _budget_flags(budget.get("flags") or {})
+        flags = budget_text(budget.get("flags") or {})
         met = bool(budget.get("met_on_held_out"))
         msg = ("met on the held-out half: " + flags) if met else "not met on the held-out half: " + "; ".join(
             violations or ["(no violation recorded)"])
@@ -96,9 +111,33 @@ def checks(report: Mapping) -> list[dict]:
 
 
 def passed(report: Mapping) -> bool:
-    """Every check passed (and there was at least one)."""
+    """No check failed and at least one passed (a check measured but not judged, ``passed`` ``None``,
+    neither passes nor fails)."""
     cs = checks(report)
-    return bool(cs) and all(c["passed"] for c in cs)
+    return any(c["passed"] for c in cs) and not any(c["passed"] is False for c in cs)
+
+
+# ---- the run's two lines -----------------------------------------------------------------------------------------
+def writer_line(verification: Mapping) -> str:
+    """What the writer check found: that the written file computes the transformed network (lossy runs),
+    or that the written file itself was compared with the original (exact runs)."""
+    if not str(verification.get("against", "")).startswith("transformed"):
+        return "writer check: the written file itself is compared with the original (exact passes)"
+    if verification.get("passed"):
+        return f"writer check ok: the written file computes the transformed network ({_error_line(verification)})"
+    return f"writer check FAILED: the written file differs from the transformed network ({_error_line(verification)})"
+
+
+def original_line(original: Mapping) -> str:
+    """The written model's fidelity to the original: PASSED or FAILED only when judged (equivalence for an
+    exact run, a budget or tolerance the user stated for a lossy one), else the measured figures and that
+    nothing was stated."""
+    stats = f"{_error_line(original)} on {original.get('inputs') or 'the run inputs'}"
+    if original.get("passed") is None:
+        return (f"fidelity to the original (lossy, not judged: no budget set): {stats}; state a budget "
+                f"(--min-agreement, --max-drop, --max-class-drop, on --data) or --atol/--rtol to judge it")
+    word = "PASSED" if original["passed"] else "FAILED"
+    return f"fidelity to the original {word} ({original.get('criterion')}): {stats}"
 
 
 # ---- minimum tolerances ---------------------------------------------------------------------------------------------
@@ -223,7 +262,8 @@ def _error_line(v: Mapping) -> str:
             f"{_pct(v.get('top1_agreement'))}")
 
 
-def _budget_flags(flags: Mapping) -> str:
+def budget_text(flags: Mapping) -> str:
+    """``top-1 agreement >= 98%, accuracy drop <= 1 pts`` for a budget's flags."""
     names = {"max_drop": ("accuracy drop", "<=", " pts"), "min_agreement": ("top-1 agreement", ">=", "%"),
              "max_class_drop": ("worst-class drop", "<=", " pts")}
     parts = []
@@ -248,7 +288,9 @@ def _half_line(half: Mapping) -> str:
     return line
 
 
-def _mark(ok: bool) -> str:
+def _mark(ok: bool | None) -> str:
+    if ok is None:
+        return "⚠️ measured, not judged"
     return "✅ passed" if ok else "❌ failed"
 
 
@@ -266,9 +308,12 @@ def markdown(report: Mapping) -> str:
     bound, sizes before/after for ``run``, the fidelity table and budget for lossy runs, stable totals.
     Long tables (per class, passes) are folded in ``<details>``."""
     cs = checks(report)
-    ok = bool(cs) and all(c["passed"] for c in cs)
+    ok = passed(report)
     command = report.get("command") or "onnxcomp"
-    lines = [f"### onnxcomp {command}: {'✅ PASSED' if ok else '❌ FAILED'}", ""]
+    head = "✅ PASSED" if ok else "❌ FAILED"
+    if ok and any(c["passed"] is None for c in cs):
+        head = "✅ written; ⚠️ fidelity to the original measured, not judged (no budget set)"
+    lines = [f"### onnxcomp {command}: {head}", ""]
     src, dst = report.get("input"), report.get("output")
     if src:
         if command == "verify":
@@ -331,6 +376,15 @@ def markdown(report: Mapping) -> str:
         lines += [line + ".", ""]
 
     fid = report.get("fidelity") or {}
+    orig = fid.get("original") or {}
+    if orig and not orig.get("exact"):
+        judged = "not judged: " if orig.get("passed") is None else ""
+        lines += [f"**Errors against the original** ({_cell(orig.get('inputs'))}; {judged}{_cell(orig.get('criterion'))})",
+                  ""]
+        lines += _table(["max abs", "mean abs", "max rel", "top-1 agreement", "samples", "output scale"],
+                        [[_g(orig.get("max_abs_err")), _g(orig.get("mean_abs_err")), _g(orig.get("max_rel_err")),
+                          _pct(orig.get("top1_agreement")), _g(orig.get("samples")), _g(orig.get("output_scale"))]],
+                        "rrrrrr") + [""]
     if fid.get("measured"):
         worst = fid.get("worst_class") or {}
         rows = [["accuracy", _pct(fid.get("accuracy_before")), _pct(fid.get("accuracy_after"))],
@@ -340,11 +394,12 @@ def markdown(report: Mapping) -> str:
         if worst:
             rows.append([f"worst class ({worst.get('class')})", _pct(worst.get("accuracy_before")),
                          _pct(worst.get("accuracy_after"))])
-        lines += [f"**Fidelity** ({_g(fid.get('samples'))} samples, against the original)", ""]
+        lines += [f"**Fidelity on --data** ({_g(fid.get('samples'))} rows, class predictions against the original)",
+                  ""]
         lines += _table(["", "before", "after"], rows) + [""]
         budget = fid.get("budget")
         if budget:
-            lines += [f"**Budget** ({_budget_flags(budget.get('flags') or {})}): "
+            lines += [f"**Budget** ({budget_text(budget.get('flags') or {})}): "
                       + ("met on the held-out half" if budget.get("met_on_held_out") else "**not met** on the held-out half")
                       + ".", ""]
             for half in ("validation", "held_out"):
@@ -383,12 +438,13 @@ def _suite(report: Mapping) -> ET.Element:
     command = report.get("command") or "onnxcomp"
     target = report.get("output") or report.get("input") or ""
     cs = checks(report)
-    failures = sum(not c["passed"] for c in cs)
+    failures = sum(c["passed"] is False for c in cs)
+    skipped = sum(c["passed"] is None for c in cs)
     seconds = sum(p.get("seconds") or 0 for p in report.get("passes") or [])
     seconds += sum(c["seconds"] or 0 for c in cs)
     name = f"onnxcomp {command}" + (f" {target}" if target else "")
     suite = ET.Element("testsuite", {"name": name, "tests": str(len(cs)), "failures": str(failures),
-                                     "errors": "0", "skipped": "0", "time": _secs(seconds)})
+                                     "errors": "0", "skipped": str(skipped), "time": _secs(seconds)})
     props = ET.SubElement(suite, "properties")
     for key in ("version", "command", "input", "output"):
         if report.get(key) is not None:
@@ -398,7 +454,10 @@ def _suite(report: Mapping) -> ET.Element:
         case = ET.SubElement(suite, "testcase", {"classname": classname,
                                                  "name": c["name"] + (f" [{target}]" if target else ""),
                                                  "time": _secs(c["seconds"])})
-        if not c["passed"]:
+        if c["passed"] is None:  # measured, not judged: neither a pass nor a failure
+            ET.SubElement(case, "skipped", {"message": c["message"]})
+            ET.SubElement(case, "system-out").text = c["detail"]
+        elif not c["passed"]:
             fail = ET.SubElement(case, "failure", {"message": c["message"], "type": c["id"]})
             fail.text = c["detail"]
         else:
@@ -421,7 +480,7 @@ def junit(report: Mapping | Iterable[Mapping], name: str = "onnxcomp") -> str:
     reports = [report] if isinstance(report, Mapping) else list(report)
     root = ET.Element("testsuites", {"name": name})
     suites = [_suite(r) for r in reports]
-    for key in ("tests", "failures", "errors"):
+    for key in ("tests", "failures", "errors", "skipped"):
         root.set(key, str(sum(int(s.get(key)) for s in suites)))
     root.set("time", _secs(sum(float(s.get("time")) for s in suites)))
     root.extend(suites)

@@ -56,6 +56,10 @@ NEEDS = {
 }
 """What a pass may need from the user: why (for the message) and the flag that provides it."""
 
+RUN_NEEDS = (INPUTS,)
+"""What every run needs whatever its passes: inputs to verify the written model on (``api.compress``)."""
+RUN = "run"
+
 PASSES_PACKAGE = "onnxcomp.passes"
 ENTRY_POINT_GROUP = "onnxcomp.passes"
 PLUGINS_ENV = "ONNXCOMP_PASSES"
@@ -426,6 +430,39 @@ def check_needs(spec: PassSpec, net: Network, ctx: Context) -> None:
             raise InputError(f"{ctx.source}: the chain starts after {', '.join(net.onnx.prefix_ops)} ops; pass "
                              f"'{spec.name}' {NEEDS[DOMAIN][0]} and needs the chain to start at the model input"
                              + hint)
+
+
+def missing_input(need: str, ctx: Context) -> bool:
+    """Whether the user gave nothing that meets ``need`` (a domain, inputs, data rows, labels)."""
+    return {DOMAIN: ctx.box is None, INPUTS: ctx.box is None and ctx.data is None, DATA: ctx.data is None,
+            LABELS: ctx.labels is None}[need]
+
+
+def run_needs(names: Sequence[str], ctx: Context | None = None) -> list[tuple[str, str]]:
+    """What a run of ``names`` needs from the user, as ``(need, who)`` pairs: the declared needs of every
+    pass the plan runs (composites expanded, required analyses inserted, for ``ctx``'s options), ``who``
+    the pass, then the run's own (:data:`RUN_NEEDS`, ``who`` = ``"run"``).  A need another one implies is
+    left out (inputs, when a domain or data is needed).  :func:`check_run_needs` refuses on exactly these,
+    and ``onnxcomp passes`` shows them, so the two cannot differ."""
+    ctx = ctx if ctx is not None else Context()
+    out: list[tuple[str, str]] = []
+    for name in plan(expand(list(names)), ctx):
+        out += [(need, name) for need in REGISTRY[name].needs if need not in {n for n, _ in out}]
+    out += [(need, RUN) for need in RUN_NEEDS if need not in {n for n, _ in out}]
+    have = {n for n, _ in out}
+    if have & {DOMAIN, DATA}:
+        out = [(n, who) for n, who in out if n != INPUTS]
+    return out
+
+
+def check_run_needs(names: Sequence[str], ctx: Context) -> None:
+    """Refuse, before any pass runs, a run missing one of :func:`run_needs`, naming the pass and the flag."""
+    for need, who in run_needs(names, ctx):
+        if missing_input(need, ctx):
+            why, flag = NEEDS[need]
+            if who == RUN:
+                raise UsageError(f"give {flag} (verification needs inputs)")
+            raise UsageError(f"pass '{who}' {why}: give {flag}")
 
 
 class PassManager:

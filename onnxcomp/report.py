@@ -4,8 +4,10 @@ Keys: ``version``, ``command``, ``input``, ``output``, ``model`` (``before``/``a
 ``params``, ``nonzero_params``, ``macs``, ``file_bytes``, ``layers``), ``domain`` (``lo``, ``hi``,
 ``source``, ``note``), ``passes`` (list of ``{name, kind, seconds, ...}``), ``verification``
 (``passed``, ``max_abs_err``, ``max_rel_err``, ``mean_abs_err``, ``top1_agreement``, ``samples``, ...),
-``stable`` (per-layer stability, when the stable passes ran), ``fidelity`` and ``latency_ms`` (lossy
-passes), ``formal`` (``verify --formal``), ``warnings``.  Later passes add keys; existing keys keep their meaning.
+``stable`` (per-layer stability, when the stable passes ran), ``fidelity`` (``fidelity.original``, every
+run: the written model against the original on the run's inputs, and whether a stated budget or tolerance
+judged it; class metrics on ``--data``) and ``latency_ms`` (lossy passes), ``formal`` (``verify --formal``),
+``warnings`` (a model that grew, undecided neurons, ...).  Later passes add keys; existing keys keep their meaning.
 """
 
 from __future__ import annotations

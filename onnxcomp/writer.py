@@ -317,18 +317,46 @@ def _referenced_names(nodes) -> set[str]:
     return names
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux), else by setting
+    and restoring it (brief, and under ``WRITE_LOCK`` in :func:`save_atomic`)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(path: Path) -> int:
+    """The permission bits the written file gets: an overwritten file keeps its own, a new one gets what
+    ``open()`` would give it under the current umask (``mkstemp`` alone would leave 0600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_current_umask()
+
+
 def save_atomic(model: onnx.ModelProto | bytes, path: str | os.PathLike) -> int:
     """Write to a temporary file in the target folder, fsync, then rename over ``path``.
 
-    Either the complete new file is at ``path`` or nothing changed there.  Returns the byte size.
+    Either the complete new file is at ``path`` or nothing changed there.  The file gets the mode a plain
+    ``open()`` would give it (0666 less the umask), or keeps the mode of the file it replaces.  Returns the
+    byte size.
     """
     path = Path(path)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     # An interruption waits for the lock (see onnxcomp.interrupt): a write is never cut in half.
     with WRITE_LOCK:
+        mode = _target_mode(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), mode)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

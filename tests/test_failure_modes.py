@@ -69,6 +69,12 @@ def test_time_limit_keeps_undecided_neurons_and_still_verifies(tmp_path):
     assert milp["status"] == "timelimit"
     totals = r["stable"]["totals"]
     assert totals["undecided"] > 0 and totals["undecided"] == milp["undecided"]
+    # ... and the run says so in one line: how many, in which layers, what may decide them
+    said = [line for line in stderr.splitlines() if "undecided" in line]
+    per_layer = ", ".join(f"layer {x['layer']}: {len(x['undecided'])}" for x in r["stable"]["layers"] if x["undecided"])
+    assert said == [f"onnxcomp: warning: {totals['undecided']} neurons undecided, kept unproven ({per_layer}); a longer "
+                    f"--time-limit may decide them"], stderr
+    assert said[0].split("warning: ", 1)[1] in r["warnings"]
     # Soundness: every removed neuron was proven stable (bounds or MILP); none of them is undecided.
     layers = r["stable"]["layers"]
     undecided = {(layer["layer"], n) for layer in layers for n in layer["undecided"]}

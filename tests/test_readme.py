@@ -121,3 +121,18 @@ def test_acas_numbers_quoted_in_readme_are_what_the_tool_reports(scratch):
     assert f"`{widths}`".replace("'", "") in README.replace("'", "")
     totals = r["stable"]["totals"]
     assert f"{totals['stably_inactive']} neurons are proven stably inactive and {totals['stably_active']}" in README.replace("\n", " ")
+
+
+def test_quoted_run_output_is_what_the_tool_prints(scratch):
+    """A ``text`` block that starts with ``$ onnxcomp ...`` quotes that command's output: every line of it but
+    ``...`` is a line the command prints."""
+    blocks = [b for b in re.findall(r"```text\n(.*?)```", README, flags=re.S) if b.startswith("$ onnxcomp ")]
+    assert len(blocks) >= 2
+    for block in blocks:
+        command, *quoted = block.strip().splitlines()
+        result = run_line(command[2:], scratch)
+        assert result.returncode == 0, result.stderr
+        printed = result.stdout.splitlines()
+        for line in quoted:
+            if line != "...":
+                assert line in printed, (command, line, result.stdout[-2000:])

@@ -202,3 +202,43 @@ def test_save_atomic_failure_leaves_no_temp_file(tmp_path):
         save_atomic(b"new model bytes", target)
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
     assert (target / "keep").read_bytes() == b"x"
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restored after it."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_save_atomic_gives_a_new_file_the_mode_open_would(tmp_path, umask, mask):
+    umask(mask)
+    plain = tmp_path / "plain.bin"
+    with open(plain, "wb") as fh:
+        fh.write(b"x")
+    saved = tmp_path / "saved.onnx"
+    save_atomic(b"model bytes", saved)
+    mode = os.stat(saved).st_mode & 0o7777
+    assert mode == 0o666 & ~mask == os.stat(plain).st_mode & 0o7777
+    assert os.listdir(tmp_path) and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_save_atomic_keeps_the_mode_of_the_file_it_replaces(tmp_path, umask, mask):
+    umask(mask)
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    save_atomic(b"new", target)
+    assert target.read_bytes() == b"new" and os.stat(target).st_mode & 0o7777 == 0o640
+
+
+def test_reports_and_models_written_by_a_run_get_the_umask_mode(tmp_path, umask):
+    umask(0o027)
+    result = compress(str(ROOT / "models/digits_2x32_l1.onnx"), "", domain="0:1", samples=100, corners=4)
+    result.save(tmp_path / "o.onnx")
+    result.save_report(tmp_path / "r.json")
+    assert {os.stat(tmp_path / n).st_mode & 0o7777 for n in ("o.onnx", "r.json")} == {0o640}

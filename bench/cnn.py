@@ -30,7 +30,7 @@ from common import EXTERNAL, MODELS, OUT, print_table, pyplot, write_csv
 
 import onnxcomp
 from onnxcomp.domain import parse_domain
-from onnxcomp.reader import read
+from onnxcomp.reader import load_model, lower, read
 
 OVAL = EXTERNAL / "oval21"
 CASES = [
@@ -127,12 +127,13 @@ def main(argv=None) -> None:
                 "model": name, "box": box_path.stem[-12:], "units": units, "sampled_stable": sampled_total,
                 "proven": proven, "proven/sampled": proven / max(sampled_total, 1), "undecided": undecided,
                 "head_in_before": next(l.n_in for l in net.layers if not hasattr(l, "kernel")),
-                "head_in_after": next((l.n_in for l in result.network.layers if not hasattr(l, "kernel")), 0),
+                "head_in_after": next((l.n_in for l in lower(result.model, conv=True).layers
+                                       if not hasattr(l, "kernel")), 0),
                 "bytes_before": before["file_bytes"], "bytes_after": after["file_bytes"],
                 "bytes_ratio": after["file_bytes"] / before["file_bytes"],
                 "nonzero_before": before["nonzero_params"], "nonzero_after": after["nonzero_params"],
                 "macs_before": before["macs"], "macs_after": after["macs"],
-                "latency_ratio": latency(result.model, 300) / latency(onnxcomp.reader.load_model(path), 300),
+                "latency_ratio": latency(result.model, 300) / latency(load_model(path), 300),
                 "wall_s": wall, **{f"share_{k}": v / total for k, v in passes.items()},
                 "verified": r["verification"]["passed"]})
     columns = ["model", "box", "units", "sampled_stable", "proven", "proven/sampled", "undecided", "head_in_before",

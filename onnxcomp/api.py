@@ -505,12 +505,13 @@ def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale:
 def inspect(model: onnx.ModelProto | str | os.PathLike) -> dict:
     """Facts about a model: input/output, lowered chain, kept prefix/suffix ops, size, onnxcomp metadata."""
     proto, name, size = _load(model)
-    net = lower(proto, source=name)
+    net = lower(proto, source=name, conv=True)  # what the exact passes read (the lossy ones keep convolutions)
     inp = real_inputs(proto)[0]
     octx = net.onnx
     layers = [
-        {"layer": k, "in": l.n_in, "out": l.n_out, "activation": l.activation, "params": l.weight.size + l.bias.size,
-         "nonzero": int(np.count_nonzero(l.weight) + np.count_nonzero(l.bias)), "source": l.source}
+        {"layer": k, "in": l.n_in, "out": l.n_out, "activation": l.activation, "params": l.params,
+         "nonzero": l.nonzero_params, "source": l.source,
+         **({"kind": l.op, "shape": list(l.out_shape)} if hasattr(l, "kernel") else {})}
         for k, l in enumerate(net.layers)
     ]
     return {

@@ -139,13 +139,26 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
                 coefs.append(np.broadcast_to(np.concatenate([_dense(layer), -_dense(layer)])[None], (lo.shape[0], 2 * layer.n_out, lo.shape[1])))
                 consts.append(np.broadcast_to(np.concatenate([layer.bias, -layer.bias])[None], (lo.shape[0], 2 * layer.n_out)))
         else:
-            y_lo, y_hi, a, c = _back_substitute(net, k, relax, centre, radius)
-            if with_coef:
-                coefs.append(a)
-                consts.append(c)
-            y_lo, y_hi = _widen(y_lo, y_hi, mags[k])
-            y_lo = np.maximum(y_lo, ibp.lower[k])
-            y_hi = np.minimum(y_hi, ibp.upper[k])
+            rows = None
+            if net.has_conv and not with_coef:
+                # tens of thousands of conv units: back-substitute only the ones intervals leave unstable
+                # (a stable unit's relaxation is the same whatever its bounds), the others keep IBP's
+                open_ = np.flatnonzero(((ibp.lower[k] < 0) & (ibp.upper[k] > 0)).any(axis=0))
+                rows = open_ if open_.size < layer.n_out else None
+            if rows is not None and rows.size == 0:
+                y_lo, y_hi = ibp.lower[k], ibp.upper[k]
+            else:
+                y_lo, y_hi, a, c = _back_substitute(net, k, relax, centre, radius, rows)
+                if with_coef:
+                    coefs.append(a)
+                    consts.append(c)
+                y_lo, y_hi = _widen(y_lo, y_hi, mags[k] if rows is None else mags[k][:, rows])
+                if rows is not None:
+                    lo_k, hi_k = ibp.lower[k].copy(), ibp.upper[k].copy()
+                    lo_k[:, rows], hi_k[:, rows] = np.maximum(y_lo, lo_k[:, rows]), np.minimum(y_hi, hi_k[:, rows])
+                    y_lo, y_hi = lo_k, hi_k
+                y_lo = np.maximum(y_lo, ibp.lower[k])
+                y_hi = np.minimum(y_hi, ibp.upper[k])
         lows.append(y_lo)
         ups.append(y_hi)
         if layer.is_relu:
@@ -156,18 +169,20 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
     return Bounds(lows, ups, coefs if with_coef else None, consts if with_coef else None)
 
 
-def _back_substitute(net: Network, k: int, relax: list, centre: np.ndarray, radius: np.ndarray):
-    """Lower and upper bounds of layer k's pre-activation via the relaxations of layers < k (and the
-    input coefficients of the bounding linear functions).
+def _back_substitute(net: Network, k: int, relax: list, centre: np.ndarray, radius: np.ndarray,
+                     rows: np.ndarray | None = None):
+    """Lower and upper bounds of layer k's pre-activation (only its neurons ``rows``, when given) via the
+    relaxations of layers < k (and the input coefficients of the bounding linear functions).
 
     Both are computed as upper bounds: of ``y`` (rows ``[:n]``) and of ``-y`` (rows ``[n:]``), so one
     rule serves both: a positive coefficient takes a ReLU's upper relaxation, a negative one its lower.
     """
     layer = net.layers[k]
-    n = layer.n_out
-    w_k = _dense(layer)
+    w_k = _dense(layer) if rows is None else layer.rows(rows)
+    bias = layer.bias if rows is None else layer.bias[rows]
+    n = w_k.shape[0]
     a = np.concatenate([w_k, -w_k])[None, :, :]  # (1 or B, 2n, n_j)
-    c = np.concatenate([layer.bias, -layer.bias])[None, :]
+    c = np.concatenate([bias, -bias])[None, :]
     batch = centre.shape[0]
     for j in range(k - 1, -1, -1):
         sl, su, tu = relax[j]  # each (B, n_j)

@@ -25,8 +25,9 @@ def domain_bounds(net: Network, box: Box, method: str = "crown") -> DomainBounds
         raise ValueError(f"bounds method {method!r}: expected one of {', '.join(METHODS)}")
     lo, hi = box.lo[None, :], box.hi[None, :]
     b = interval_bounds(net, lo, hi) if method == "interval" else crown_bounds(net, lo, hi)
-    return DomainBounds(tuple(x[0] for x in b.lower), tuple(x[0] for x in b.upper),
-                        tuple(epsilons(net, box.lo, box.hi)), method, net.fingerprint())
+    eps = epsilons(net, box.lo, box.hi, bounds=b if method == "crown" else None)  # the same CROWN bounds
+    return DomainBounds(tuple(x[0] for x in b.lower), tuple(x[0] for x in b.upper), tuple(eps), method,
+                        net.fingerprint())
 
 
 def certify(net: Network, bounds: DomainBounds) -> tuple[Findings, dict]:

@@ -81,13 +81,22 @@ def fold_constant(node: onnx.NodeProto, args: list, opset: int) -> list | None:
         return None
 
 
-def fold_constants(model: onnx.ModelProto, consts: dict) -> set[int]:
+def fold_constants(model: onnx.ModelProto, consts: dict, shapes: dict | None = None) -> set[int]:
     """Evaluate, in graph order, every node of ``model`` whose inputs are all in ``consts`` (and that
-    :func:`fold_constant` can evaluate); their outputs are added to ``consts``.  Returns the indices of
-    the folded nodes."""
+    :func:`fold_constant` can evaluate); their outputs are added to ``consts``.  ``shapes`` (inferred
+    tensor shapes): a ``Shape`` of a tensor whose shape is fully static is a constant too (an exporter's
+    ``x.view(x.size(0), -1)`` with a fixed batch).  Returns the indices of the folded nodes."""
     opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [13])
     folded: set[int] = set()
     for i, node in enumerate(model.graph.node):
+        if node.op_type == "Shape" and shapes and node.domain in ("", "ai.onnx"):
+            dims = shapes.get(node.input[0])
+            if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                start, end = int(attrs.get("start", 0)), attrs.get("end")
+                consts[node.output[0]] = np.asarray(dims[start:None if end is None else int(end)], dtype=np.int64)
+                folded.add(i)
+            continue
         if node.op_type == "Constant" or not node.input or not all(n in consts for n in node.input if n):
             continue
         values = fold_constant(node, [consts[n] for n in node.input if n], opset)

@@ -352,16 +352,19 @@ class _Lowerer:
         self.graph = model.graph
         self.consts = constant_values(model)
         self.nodes = list(self.graph.node)
-        self.folded = fold_constants(model, self.consts)
+        self._shapes: dict[str, tuple] | None = None
+        self.elem_type = TensorProto.FLOAT
+        self._types: dict[str, int] = {}
+        has_shape = any(node.op_type == "Shape" for node in self.nodes)
+        self.folded = fold_constants(model, self.consts, self.shapes() if has_shape else None)
         self.consumers: dict[str, list[int]] = {}
         for i, node in enumerate(self.nodes):
+            if node.op_type == "Shape" and i in self.folded:
+                continue  # reads only the (static) shape of its input, not its values
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(i)
         self.graph_outputs = {o.name for o in self.graph.output}
-        self._shapes: dict[str, tuple] | None = None
-        self.elem_type = TensorProto.FLOAT
-        self._types: dict[str, int] = {}
 
     # ---- tensor facts ------------------------------------------------------------------------
     def shapes(self) -> dict[str, tuple]:

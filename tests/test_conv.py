@@ -297,3 +297,31 @@ def test_dead_channels_leave_the_convolution_and_the_next_one():
     assert report["layers"][0]["channels_removed"] == 1
     x = rng.uniform(0, 1, size=(100, 36))
     assert np.allclose(new(x), net(x))
+
+
+def test_a_pytorch_style_view_flatten_with_a_fixed_batch_is_read():
+    """``x.view(x.size(0), -1)`` exports as Shape -> Gather -> Unsqueeze -> Concat -> Reshape; with a fixed
+    batch the Shape is a constant, so the chain runs through it into the head."""
+    rng = np.random.default_rng(9)
+    floats = {"k": rng.normal(size=(2, 3, 3, 3)), "b": np.zeros(2), "w": rng.normal(size=(4, 72)), "c": np.zeros(4)}
+    ints = {"zero": np.array(0), "m1": np.array([-1]), "ax": np.array([0])}
+    nodes = [helper.make_node("Conv", ["x", "k", "b"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Shape", ["r1"], ["sh"]), helper.make_node("Gather", ["sh", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]), helper.make_node("Concat", ["n1", "m1"], ["shp"], axis=0),
+             helper.make_node("Reshape", ["r1", "shp"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"], transB=1)]
+    inits = ([numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in floats.items()]
+             + [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in ints.items()])
+    graph = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    net = lower(model, source="view", conv=True)
+    assert not net.onnx.prefix_ops and not net.onnx.suffix_ops
+    assert [type(layer).__name__ for layer in net.layers] == ["Conv", "Dense"]
+    x = rng.uniform(0, 1, size=(3, 192))
+    (want,) = run_ort(model, x.astype(np.float32))
+    assert_same(net(x), want)
+    written = to_model(net)
+    assert "Shape" not in [n.op_type for n in written.graph.node]
+    (got,) = run_ort(written, x.astype(np.float32))
+    assert_same(got, want)

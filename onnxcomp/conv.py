@@ -64,6 +64,9 @@ class Conv:
     op: str = "Conv"
     orig_channels: int = 0
     pool: tuple = ()
+    in_perm: tuple | None = None
+    """The first layer of a model whose input is not NCHW (a TF model's NHWC input and its Transpose): the
+    convolution reads ``x[in_perm]`` of the flattened input; ``None`` otherwise."""
     """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
     zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
 
@@ -85,6 +88,11 @@ class Conv:
                 raise ValueError(f"Conv {name} must have {n} entries")
         object.__setattr__(self, "in_shape", in_shape)
         object.__setattr__(self, "group", group)
+        if self.in_perm is not None:
+            perm = tuple(int(i) for i in self.in_perm)
+            if sorted(perm) != list(range(int(np.prod(in_shape)))):
+                raise ValueError("Conv in_perm must be a permutation of its input features")
+            object.__setattr__(self, "in_perm", None if perm == tuple(range(len(perm))) else perm)
         object.__setattr__(self, "pool", tuple(tuple(v) if isinstance(v, (list, tuple)) else int(v)
                                                for v in self.pool))
         object.__setattr__(self, "kernel", frozen_array(k))
@@ -237,7 +245,8 @@ class Conv:
         row = np.broadcast_to(np.arange(units.size)[:, None, None, None], shape)
         ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
         col = (cin * h + iy) * w + ix
-        return row[ok], col[ok], vals[ok]
+        col = col[ok] if self.in_perm is None else np.asarray(self.in_perm, dtype=np.int64)[col[ok]]
+        return row[ok], col, vals[ok]
 
     @cached_property
     def bias(self) -> np.ndarray:
@@ -293,8 +302,9 @@ class Conv:
 
     def keep_input_channels(self, keep: np.ndarray) -> "Conv":
         """Drop input channels (group 1 only): the kernel's slices that read them."""
-        if self.group != 1:
-            raise ValueError("input channels of a grouped convolution are removed with its output channels")
+        if self.group != 1 or self.in_perm is not None:
+            raise ValueError("input channels of a grouped convolution are removed with its output channels, "
+                             "and the model input's are never removed")
         keep = np.asarray(keep, dtype=bool)
         return replace(self, kernel=self.kernel[:, keep], in_shape=(int(keep.sum()),) + self.in_shape[1:])
 
@@ -306,7 +316,8 @@ class Conv:
     def fingerprint_arrays(self) -> list:
         geometry = np.asarray(self.in_shape + self.strides + self.pads + self.dilations + (self.group,)
                               + (self.pool[:2] if self.pool else ()), np.int64)
-        return [self.kernel, self.unit_bias, self.emitted, geometry, np.asarray(self.channel_ids, np.int64)]
+        perm = np.asarray(self.in_perm if self.in_perm is not None else (), np.int64)
+        return [self.kernel, self.unit_bias, self.emitted, geometry, np.asarray(self.channel_ids, np.int64), perm]
 
 
 def is_conv(layer) -> bool:

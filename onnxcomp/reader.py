@@ -253,9 +253,10 @@ class _Walk:
         if cg * group != c:
             raise _Stop(f"kernel {list(kernel.shape)} with group {group} does not read {c} channels")
         # the per-channel affine map in front (input normalisation, or BatchNormalization after a Relu)
+        in_perm = None
         if not self.started:
             if not np.array_equal(self.perm, np.arange(self.n_in)):
-                raise _Stop("reordered input features before a convolution")
+                in_perm = tuple(int(i) for i in self.perm)  # e.g. an NHWC input and its Transpose
             s, t = self.scale, self.offset
         elif isinstance(self.pending, Conv):
             self._finish(LINEAR)
@@ -278,15 +279,19 @@ class _Walk:
                 bias = bias + np.einsum("oikl,oi->o", kernel, ct[per_out])
                 kernel = kernel * cs[per_out][:, :, None, None]
             else:
+                if in_perm is not None:
+                    raise _Stop("a shifted, reordered input before a padded convolution")
                 self.layers.append(affine_channels((c, h, w), cs, ct, layer_id=len(self.layers),
                                                    source="per-channel affine before a padded convolution"))
                 self.n_linear += 1
         try:
             if op == "AveragePool":
+                if in_perm is not None:
+                    raise _Stop("a pooling of the reordered model input")
                 layer = average_pool((c, h, w), kernel.shape[2:], strides, pads, source=source)
             else:
                 layer = Conv(kernel, bias, (c, h, w), strides, pads, dilations, group, activation=LINEAR,
-                             source=source)
+                             source=source, in_perm=in_perm)
         except ValueError as exc:
             raise _Stop(str(exc)) from None
         self.pending = layer
@@ -802,6 +807,12 @@ def _gather(lw: _Lowerer, st: _Walk, c: _Call) -> None:
     idx = np.asarray(idx).reshape(-1) if np.asarray(idx).ndim == 1 else None
     if idx is None or int(c.attrs.get("axis", 0)) != 1 or st.layout != ROWS or len(st.shape) != 2:
         raise _Stop("Gather that is not a selection of features (axis 1 of [N, F], 1-D indices)")
+    if not st.started:  # a permutation of the model input (what the writer emits for an NHWC input)
+        order = np.where(idx < 0, idx + st.width, idx)
+        if sorted(order.tolist()) != list(range(st.width)):
+            raise _Stop("Gather of input features that is not a permutation")
+        st.relayout(st.shape, ROWS, order)
+        return
     if isinstance(st.pending, Conv):
         st._finish(LINEAR)
     last = st.layers[-1] if st.layers else None

@@ -95,7 +95,7 @@ def compare_structure(expected: Network, candidate: Network, rel: float) -> str:
         if e.activation != c.activation:
             return f"layer {k}: the candidate's activation is {c.activation}, the certified rewrite's {e.activation}"
         if is_conv(e):
-            for what in ("in_shape", "strides", "pads", "dilations", "group"):
+            for what in ("in_shape", "strides", "pads", "dilations", "group", "in_perm", "pool"):
                 if getattr(e, what) != getattr(c, what):
                     return (f"layer {k}: the candidate's convolution {what} is {getattr(c, what)}, the certified "
                             f"rewrite's {getattr(e, what)}")

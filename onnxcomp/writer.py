@@ -114,11 +114,25 @@ def to_model(
     cur = ctx.chain_input
     first = net.layers[0]
     if isinstance(first, Conv):
-        # a convolution reads the NCHW map: the input as it is, or reshaped to it
-        if not (ctx.input_layout == ROWS and tuple(ctx.input_shape[1:]) == first.in_shape):
+        # a convolution reads the NCHW map: the input as it is, or reshaped to it (through a Gather of the
+        # features when the input is in another order, e.g. NHWC)
+        if not (ctx.input_layout == ROWS and tuple(ctx.input_shape[1:]) == first.in_shape) or first.in_perm:
             if ctx.input_layout == COLS:
                 nxt = names("onnxcomp/rows")
                 chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
+                cur = nxt
+            if first.in_perm is not None:
+                flat_in, idx, nxt = names("onnxcomp/flat_input"), names("onnxcomp/input_order"), names("onnxcomp/nchw")
+                if ctx.input_layout == VECTOR:
+                    shp = names("onnxcomp/row_shape")
+                    chain_inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), shp))
+                    chain_nodes.append(helper.make_node("Reshape", [cur, shp], [flat_in], name=names("onnxcomp/to_row")))
+                else:
+                    chain_nodes.append(helper.make_node("Flatten", [cur], [flat_in], axis=1,
+                                                        name=names("onnxcomp/flatten_input")))
+                chain_inits.append(numpy_helper.from_array(np.asarray(first.in_perm, dtype=np.int64), idx))
+                chain_nodes.append(helper.make_node("Gather", [flat_in, idx], [nxt], axis=1,
+                                                    name=names("onnxcomp/to_nchw_order")))
                 cur = nxt
             shp, nxt = names("onnxcomp/map_shape"), names("onnxcomp/map")
             chain_inits.append(numpy_helper.from_array(np.array((-1,) + first.in_shape, dtype=np.int64), shp))

@@ -325,3 +325,34 @@ def test_a_pytorch_style_view_flatten_with_a_fixed_batch_is_read():
     assert "Shape" not in [n.op_type for n in written.graph.node]
     (got,) = run_ort(written, x.astype(np.float32))
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_an_nhwc_input_with_its_transpose_is_read_from_the_input(batch):
+    """A TF-style model: NHWC input, per-channel normalisation, Transpose(0, 3, 1, 2), Conv.  The convolution
+    reads the permuted input (written back as a Gather of the flattened input), and the file read back gives
+    the same layers."""
+    from onnxcomp.replay import compare_structure
+
+    rng = np.random.default_rng(11)
+    floats = {"k": rng.normal(size=(2, 3, 3, 3)), "b": rng.normal(size=2), "w": rng.normal(size=(4, 72)),
+              "c": np.zeros(4), "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["s"]), helper.make_node("Div", ["s", "std"], ["d"]),
+             helper.make_node("Transpose", ["d"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "k", "b"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Flatten", ["r1"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in floats.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    net = lower(model, source="nhwc", conv=True)
+    assert not net.onnx.prefix_ops and net.layers[0].in_perm is not None
+    x = rng.uniform(0, 1, size=(1, 192))
+    (want,) = run_ort(model, x.astype(np.float32))
+    assert_same(net(x), want)
+    written = to_model(net)
+    (got,) = run_ort(written, x.astype(np.float32))
+    assert_same(got, want)
+    back = lower(written, source="written", conv=True)
+    assert compare_structure(net, back, 1e-6) == ""

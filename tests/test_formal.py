@@ -70,8 +70,11 @@ def test_milp_bound_is_sound_and_its_witness_is_real(seed, scale):
                 assert box.contains(x).all()
                 real = float((net.forward(x) - other.forward(x))[0, e["output"]])
                 assert abs(real - part["found"]) <= 1e-9
-    if scale == 0.0:
-        assert res.certified_max_abs_diff <= 1e-4 and res.complete
+    if scale == 0.0:  # the same network twice: 0, up to the margin the solver's feasibility tolerance leaves
+        from onnxcomp.formal import _milp_margin
+
+        margin = max(_milp_margin(net, other, box, j) for j in range(net.output_size))
+        assert res.certified_max_abs_diff <= margin + 1e-9 and res.complete
 
 
 def test_folded_network_is_certified_equal_on_its_domain():

@@ -104,3 +104,29 @@ def test_start_imports_no_runtime_solver_or_pass(argv):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+MODEL = str(ROOT / "models" / "digits_2x32_l1.onnx")
+SOLVERS = ("pyscipopt", "highspy", "gurobipy", "ray")
+
+
+@pytest.mark.parametrize("argv,absent", [
+    (["inspect", MODEL], ("onnxruntime", "scipy", *SOLVERS)),
+    (["passes"], ("onnxruntime", "scipy", *SOLVERS)),
+    (["passes", "milp"], ("onnxruntime", "scipy", *SOLVERS)),
+    (["run", MODEL, "-p", "lre", "--data", str(ROOT / "models/data/digits_calib.npz"), "-o", "{tmp}/lre.onnx"],
+     SOLVERS),
+    (["verify", MODEL, MODEL, "--domain", "0:1", "--samples", "200"], SOLVERS),
+])
+def test_commands_import_only_what_they_use(argv, absent, tmp_path):
+    """What a command does not use is not imported: no session for inspect and passes, no MILP backend for
+    a lossy pipeline or a verify without --formal."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    script = ("import sys, json, contextlib, io\n"
+              "import onnxcomp.cli as cli\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              f"    code = cli.main({argv!r})\n"
+              f"print(json.dumps([code, [m for m in {absent!r} if m in sys.modules]]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, []]

@@ -21,6 +21,7 @@ import inspect as pyinspect
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from typing import Annotated, Callable, Optional
@@ -54,30 +55,98 @@ VERIFY_PANEL = "Verification"
 
 
 class _RichProgress:
-    """A transient progress bar on stderr, shown only on a terminal and for long runs."""
+    """The live display of a run (a ``pipeline.Progress``), transient, on ``console``: the stage and its
+    time, the time left of --time-limit, neurons decided / open per layer while a stability pass knows
+    them, and a bar for counted tasks.  Shown only when ``console`` is a terminal; the command gives no
+    console for --format json|md|junit, so those print none of it."""
 
-    def __init__(self) -> None:
-        self._bar = None
-        self._task = None
+    MAX_LAYERS = 8  # layers shown on the layer line (deep networks: the first ones, then a count)
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console if console is not None and console.is_terminal else None
+        self._live = None
+        self._stage: str | None = None
+        self._since = 0.0
+        self._deadline = None
+        self._layers: list = []
+        self._layers_stage: str | None = None
+        self._task: list | None = None  # [description, total, completed]
+        self._shown = 0.0
+
+    # ---- the Progress interface ---------------------------------------------------------------------------
+    def stage(self, name: str, deadline=None) -> None:
+        if self.console is None:
+            return
+        # the counts belong to the pass that told them: a later stage shows its own, if any
+        self._stage, self._since, self._deadline, self._task, self._layers = name, time.monotonic(), deadline, None, []
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(self, console=self.console, transient=True, refresh_per_second=4,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        self._refresh()
+
+    def layers(self, counts) -> None:
+        if self.console is None:
+            return
+        first = self._layers_stage != self._stage
+        self._layers, self._layers_stage = [(int(k), int(d), int(o)) for k, d, o in counts], self._stage
+        if first or time.monotonic() - self._shown > 0.1:  # the first counts of a stage at once, then at most 10/s
+            self._refresh()
 
     def start(self, description: str, total: int) -> None:
-        if not sys.stderr.isatty() or total < 50_000:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeRemainingColumn
-
-        self._bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task(description, total=total)
+        if self.console is not None:
+            self._task = [description, int(total), 0]
 
     def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
+        if self._task is not None:
+            self._task[2] += int(n)
 
     def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        self._task = None
+
+    def done(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    # ---- what it shows ---------------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._shown = time.monotonic()
+            self._live.refresh()
+
+    def lines(self) -> list[str]:
+        """The display as plain lines (the stage, the layers, the counted task)."""
+        if self._stage is None:
+            return []
+        head = f"{self._stage}  {time.monotonic() - self._since:.0f} s"
+        if self._deadline is not None and self._deadline.limited:
+            head += f"  ·  {max(self._deadline.remaining(), 0.0):.0f} s left of --time-limit"
+        out = [head]
+        if self._layers:
+            shown = [f"layer {k}: {d:,} decided, {o:,} open" for k, d, o in self._layers[:self.MAX_LAYERS]]
+            rest = self._layers[self.MAX_LAYERS:]
+            if rest:
+                shown.append(f"{len(rest)} more layers: {sum(o for _, _, o in rest):,} open")
+            out.append("  " + "  ·  ".join(shown))
+        if self._task is not None:
+            description, total, completed = self._task
+            out.append(f"  {description}: {completed:,} / {total:,}")
+        return out
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.text import Text
+
+        lines = self.lines()
+        parts: list = [Text(line) for line in lines[:-1 if self._task is not None else None]]
+        if self._task is not None:
+            _, total, completed = self._task
+            parts.append(Group(Text(lines[-1]), ProgressBar(total=max(total, 1), completed=completed, width=40)))
+        return Group(*parts)
 
 
 # ---- options from declarations ----------------------------------------------------------------------------------
@@ -364,8 +433,8 @@ def _run(model, passes, output, report, config, format, debug, **options) -> Non
         api.check_output_path(report_path, [model_path], "--report", other_output=out_path)
     inputs = {k: values.pop(k) for k in ("domain", "data", "labels") if k in values}
     try:
-        result = api.compress(model_path, values.pop("passes", ""), pass_options=per_pass, progress=_RichProgress(),
-                              **inputs, **values)
+        result = api.compress(model_path, values.pop("passes", ""), pass_options=per_pass,
+                              progress=_RichProgress(err if fmt == "text" else None), **inputs, **values)
     except OptionError as exc:
         raise _relabel(exc, origins) from None
     except OnnxcompError as exc:

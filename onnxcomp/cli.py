@@ -236,8 +236,12 @@ def _print_run(report: dict) -> None:
     table.add_row("MACs / sample", f"{before['macs']:,}", f"{after['macs']:,}")
     table.add_row("file size", _size(before["file_bytes"]), _size(after["file_bytes"]))
     out.print(table)
+    from .formats import active_note
+
     for entry in report["passes"]:
         out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {entry.get('message', '')}")
+        if entry["name"] == "fold" and active_note(report):
+            out.print(f"{'':28}{active_note(report)}", markup=False)
     fid = report.get("fidelity") or {}
     if fid.get("summary"):
         out.print(f"  fidelity on --data ({fid['samples']:,} rows, class predictions against the original): "

@@ -135,7 +135,10 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     def record(found: Findings) -> StabilityState:
         results.append(found)
         known.append(found)
-        return merge(net, known)
+        merged = merge(net, known)
+        if setup.progress is not None:  # after each strategy (feasibility also reports while it runs)
+            setup.progress.layers(merged.progress(net))
+        return merged
 
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS

@@ -90,6 +90,13 @@ def test_shell_completion_names_commands_and_generated_flags():
     assert code == 0 and stdout.split() == ["--split-min-width"]
 
 
+def test_install_completion_writes_the_script_and_sources_it(tmp_path):
+    code, stdout, stderr = onnxcomp("--install-completion", "bash", env={"HOME": str(tmp_path), "SHELL": "/bin/bash"})
+    assert code == 0, stderr
+    script = tmp_path / ".bash_completions" / "onnxcomp.sh"
+    assert "_ONNXCOMP_COMPLETE" in script.read_text() and str(script) in (tmp_path / ".bashrc").read_text()
+
+
 @pytest.mark.parametrize("argv", [[], ["--help"], ["passes", "--help"], ["inspect", "--help"]])
 def test_start_imports_no_runtime_solver_or_pass(argv):
     """``import onnxcomp.cli`` and the help of the group and of the light commands load none of the heavy

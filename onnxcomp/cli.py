@@ -34,6 +34,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .errors import InternalError, OnnxcompError, OptionError, UsageError
+from .interrupt import BEFORE_EXIT
 from .options import OptionSpec
 
 # Tables keep a readable width when stdout is a file or a CI log (rich assumes 80 columns there).
@@ -55,7 +56,8 @@ VERIFY_PANEL = "Verification"
 
 
 class _RichProgress:
-    """The live display of a run (a ``pipeline.Progress``), transient, on ``console``: the stage and its
+    """The live display of a run (a ``pipeline.Progress`` by its methods: the pipeline module is not
+    imported at start-up), transient, on ``console``: the stage and its
     time, the time left of --time-limit, neurons decided / open per layer while a stability pass knows
     them, and a bar for counted tasks.  Shown only when ``console`` is a terminal; the command gives no
     console for --format json|md|junit, so those print none of it."""
@@ -85,6 +87,7 @@ class _RichProgress:
             self._live = Live(self, console=self.console, transient=True, refresh_per_second=4,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start()
+            BEFORE_EXIT.append(self._give_back_terminal)
         self._refresh()
 
     def layers(self, counts) -> None:
@@ -110,6 +113,13 @@ class _RichProgress:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            BEFORE_EXIT.remove(self._give_back_terminal)
+
+    def _give_back_terminal(self) -> None:
+        """Ctrl-C ends the process at once (``onnxcomp.interrupt``), with no ``done()``: show the cursor the
+        display hid, and leave the message a line of its own."""
+        self.console.file.write("\x1b[?25h\n")
+        self.console.file.flush()
 
     # ---- what it shows ---------------------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 import onnxcomp
 from onnxcomp import cli
 from onnxcomp.errors import InputError
+from onnxcomp.interrupt import BEFORE_EXIT
 from onnxcomp.pipeline import Progress
 from onnxcomp.timing import Deadline
 
@@ -89,9 +90,22 @@ def test_the_display_shows_stage_time_left_layers_and_a_bar_on_a_terminal():
     shown.layers([(k, 1, 2) for k in range(10)])
     assert shown.lines()[1].endswith("layer 7: 1 decided, 2 open  ·  2 more layers: 4 open")
     shown.stop()
+    assert shown._give_back_terminal in BEFORE_EXIT  # a Ctrl-C would show the cursor again
     shown.done()
     assert "layer 0: 180 decided" in buf.getvalue()  # it was drawn on the terminal
+    assert shown._give_back_terminal not in BEFORE_EXIT and buf.getvalue().endswith("\x1b[2K")
     shown.done()  # twice is harmless
+
+
+def test_an_interrupted_display_gives_the_cursor_back():
+    buf = io.StringIO()
+    shown = cli._RichProgress(Console(file=buf, force_terminal=True, width=160))
+    shown.stage("milp", Deadline(60))
+    assert "\x1b[?25l" in buf.getvalue()  # the live display hides the cursor
+    for fn in list(BEFORE_EXIT):  # what onnxcomp.interrupt's watcher runs before it ends the process
+        fn()
+    assert buf.getvalue().endswith("\x1b[?25h\n")
+    shown.done()
 
 
 def test_the_display_shows_nothing_off_a_terminal():

@@ -9,6 +9,9 @@ baseline: the interpreter, site-packages and the editable-install hook, nothing 
 from one run of each command under ``python -X importtime``, the import time in all and the top-level
 packages that cost the most (each module's own import time, summed by top-level package).
 
+Last, the main job with its stderr on a pseudo-terminal, where ``run`` shows its live progress: the wall
+time against the same job with stderr in a pipe (the cost of the display) and the frames it drew.
+
 Goals of issue 20, read off the table rather than asserted: ``--help`` under 0.3 s, the main job under
 1 s, on 2 cores.  Nothing here asserts a time.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -52,6 +56,29 @@ def wall(argv: list[str]) -> float:
     return elapsed
 
 
+def wall_on_terminal(argv: list[str]) -> tuple[float, int]:
+    """(seconds, frames of the live progress drawn) of one run whose stderr is a pseudo-terminal."""
+    leader, follower = os.openpty()
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait()
+    elapsed = time.perf_counter() - t
+    os.close(leader)
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {code} on a terminal")
+    return elapsed, b"".join(chunks).decode(errors="replace").count("left of --time-limit")
+
+
 def import_costs(argv: list[str]) -> tuple[float, dict[str, float]]:
     """(seconds spent importing, seconds by package) of one run under ``-X importtime``: each module's own
     time (without the modules it imports) goes to its top-level package, so ``onnx`` is what onnx's
@@ -77,6 +104,9 @@ def main() -> None:
             wall(argv)
         times = {name: statistics.median(wall(argv) for _ in range(args.repeat)) for name, argv in commands.items()}
         imports = {name: import_costs(argv) for name, argv in commands.items()}
+        main_job = commands["main job (run -p stable)"]
+        on_terminal = [wall_on_terminal(main_job) for _ in range(args.repeat)]
+        in_pipe = statistics.median(wall(main_job) for _ in range(args.repeat))
     base = times["python -c pass (baseline)"]
     print(f"start-up, median of {args.repeat} runs (python {sys.version.split()[0]}, {sys.executable})")
     print(f"{'command':<28} {'wall s':>7} {'x baseline':>10} {'imports s':>9} {'import share':>12}")
@@ -90,8 +120,16 @@ def main() -> None:
             continue
         top = sorted(packages.items(), key=lambda kv: -kv[1])[:args.top]
         print(f"  {name}: " + ", ".join(f"{p} {s:.3f}" for p, s in top))
+    print()
+    t_term = statistics.median(t for t, _ in on_terminal)
+    frames = statistics.median(f for _, f in on_terminal)
+    print("live progress: the main job with stderr on a pseudo-terminal (median of the same runs)")
+    print(f"  stderr a terminal {t_term:.3f} s, in a pipe {in_pipe:.3f} s (x{t_term / in_pipe:.2f}); "
+          f"{frames:.0f} frames drawn (stage, time left, neurons decided / open per layer)")
     if args.json:
         Path(args.json).write_text(json.dumps({"median_wall_s": times, "baseline_s": base,
+                                               "progress": {"terminal_s": t_term, "pipe_s": in_pipe,
+                                                            "frames": frames},
                                                "imports": {n: {"total_s": t, "by_package_s": p}
                                                            for n, (t, p) in imports.items()}}, indent=2) + "\n")
 

@@ -274,8 +274,19 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     ``sparsity=0.5``, ``max_drop=1``; see ``onnxcomp passes NAME``); unknown names are refused.
     ``pass_options``: ``{"prune": {"sparsity": 0.5}}``, options for one pass only.
 
+    ``progress``: a :class:`~onnxcomp.pipeline.Progress` told the stages as they run (``done()`` once at
+    the end, whatever the outcome).
+
     Raises ``VerificationFailed`` or ``BudgetNotMet`` (with the report as ``exc.report``) when the result
     is not verified or misses the budget, and ``InputError``/``UsageError`` for bad input."""
+    progress = progress or Progress()
+    try:
+        return _compress(model, passes, domain, data, labels, pass_options, progress, options)
+    finally:
+        progress.done()
+
+
+def _compress(model, passes, domain, data, labels, pass_options, progress: Progress, options: dict) -> Result:
     given, pass_flat = split_options(options, RUN_KEYS - set(_INPUT_KEYS))
     settings = build(RunSettings, given)
     deadline = Deadline(settings.time_limit)
@@ -293,7 +304,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     reserve = min(VERIFY_RESERVE * settings.time_limit, 10.0)
     ctx = Context(box=box, data=x, labels=y, seed=settings.seed, device=settings.device, samples=settings.samples,
                   corners=settings.corners, budget=budget, deadline=deadline.reserve(reserve), jobs=settings.jobs,
-                  cluster=settings.cluster, options=opts, progress=progress or Progress(), source=name)
+                  cluster=settings.cluster, options=opts, progress=progress, source=name)
     report = Report(command="run", input=name, output=None)
     report.domain = domain_summary(box)
     report.model["before"] = model_summary(net, original_bytes)
@@ -335,6 +346,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike, passes: str | list, *, 
     reference = original if exact else to_model(new_net, plain_weights=True)
     check = dict(box=box, data=x, samples=settings.samples, corners=settings.corners, seed=settings.seed,
                  atol=settings.atol, rtol=settings.rtol, device=settings.device)
+    progress.stage("verify", deadline)
     result = verify_models(reference, candidate, **check)
     result.against = "original" if exact else "transformed network (writer check)"
     report.verification = result.to_dict()

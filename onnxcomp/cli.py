@@ -1,9 +1,11 @@
 """The ``onnxcomp`` command line: ``run``, ``verify``, ``inspect``, ``passes``, ``precommit``.
 
-A thin face over ``onnxcomp.api``: the flags of ``run`` and ``verify`` are generated from the option
-declarations (``api.RunSettings``, ``api.VerifySettings`` and every pass's options dataclass), values are
-passed through unconverted and checked by the same code as the Python and config faces; an error comes
-back naming the option, and is shown here with the flag (or the config file key) that gave it.
+A thin face over ``onnxcomp.api``, on typer: the flags of ``run`` and ``verify`` are generated from the
+option declarations (``api.RunSettings``, ``api.VerifySettings`` and every pass's options dataclass) as
+typer parameters of a generated signature, grouped in help panels; values are passed through unconverted
+and checked by the same code as the Python and config faces; an error comes back naming the option, and is
+shown here with the flag (or the config file key) that gave it.  ``run`` and ``verify`` are built when
+first asked for, so ``onnxcomp --help`` and ``inspect`` import neither the passes nor a solver.
 
 The only module that prints, parses flags or chooses exit codes:
 0 ok; 1 verification or budget failed; 2 bad input or usage (one line on stderr naming the file,
@@ -13,55 +15,148 @@ node or flag; the traceback only with ``--debug``); 3 internal error (a bug: ple
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect as pyinspect
 import json
+import os
 import sys
+import time
 import traceback
 import warnings
-from typing import Optional
+from typing import Annotated, Callable, Optional
 
-import click
-from click import exceptions as click_exceptions
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .errors import InternalError, OnnxcompError, OptionError, UsageError
+from .interrupt import BEFORE_EXIT
 from .options import OptionSpec
 
 # Tables keep a readable width when stdout is a file or a CI log (rich assumes 80 columns there).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# The exceptions of the click that typer is built on (typer carries its own copy since 0.2x).
+_click_exceptions = importlib.import_module(typer.BadParameter.__module__)
+
 FORMATS = ("text", "json", "md", "junit")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
+PROG = "onnxcomp"
+
+# Help panels: which options `onnxcomp run --help` shows together.
+IO_PANEL = "Input and output"
+RUN_PANEL = "Run settings"
+PASS_PANEL = "Pass options"
+VERIFY_PANEL = "Verification"
 
 
 class _RichProgress:
-    """A transient progress bar on stderr, shown only on a terminal and for long runs."""
+    """The live display of a run (a ``pipeline.Progress`` by its methods: the pipeline module is not
+    imported at start-up), transient, on ``console``: the stage and its
+    time, the time left of --time-limit, neurons decided / open per layer while a stability pass knows
+    them, and a bar for counted tasks.  Shown only when ``console`` is a terminal; the command gives no
+    console for --format json|md|junit, so those print none of it."""
 
-    def __init__(self) -> None:
-        self._bar = None
-        self._task = None
+    MAX_LAYERS = 8  # layers shown on the layer line (deep networks: the first ones, then a count)
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console if console is not None and console.is_terminal else None
+        self._live = None
+        self._stage: str | None = None
+        self._since = 0.0
+        self._deadline = None
+        self._layers: list = []
+        self._layers_stage: str | None = None
+        self._task: list | None = None  # [description, total, completed]
+        self._shown = 0.0
+
+    # ---- the Progress interface ---------------------------------------------------------------------------
+    def stage(self, name: str, deadline=None) -> None:
+        if self.console is None:
+            return
+        # the counts belong to the pass that told them: a later stage shows its own, if any
+        self._stage, self._since, self._deadline, self._task, self._layers = name, time.monotonic(), deadline, None, []
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(self, console=self.console, transient=True, refresh_per_second=4,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+            BEFORE_EXIT.append(self._give_back_terminal)
+        self._refresh()
+
+    def layers(self, counts) -> None:
+        if self.console is None:
+            return
+        first = self._layers_stage != self._stage
+        self._layers, self._layers_stage = [(int(k), int(d), int(o)) for k, d, o in counts], self._stage
+        if first or time.monotonic() - self._shown > 0.1:  # the first counts of a stage at once, then at most 10/s
+            self._refresh()
 
     def start(self, description: str, total: int) -> None:
-        if not sys.stderr.isatty() or total < 50_000:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeRemainingColumn
-
-        self._bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task(description, total=total)
+        if self.console is not None:
+            self._task = [description, int(total), 0]
 
     def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
+        if self._task is not None:
+            self._task[2] += int(n)
 
     def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        self._task = None
+
+    def done(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+            BEFORE_EXIT.remove(self._give_back_terminal)
+
+    def _give_back_terminal(self) -> None:
+        """Ctrl-C ends the process at once (``onnxcomp.interrupt``), with no ``done()``: show the cursor the
+        display hid, and leave the message a line of its own."""
+        self.console.file.write("\x1b[?25h\n")
+        self.console.file.flush()
+
+    # ---- what it shows ---------------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._shown = time.monotonic()
+            self._live.refresh()
+
+    def lines(self) -> list[str]:
+        """The display as plain lines (the stage, the layers, the counted task)."""
+        if self._stage is None:
+            return []
+        head = f"{self._stage}  {time.monotonic() - self._since:.0f} s"
+        if self._deadline is not None and self._deadline.limited:
+            head += f"  ·  {max(self._deadline.remaining(), 0.0):.0f} s left of --time-limit"
+        out = [head]
+        if self._layers:
+            shown = [f"layer {k}: {d:,} decided, {o:,} open" for k, d, o in self._layers[:self.MAX_LAYERS]]
+            rest = self._layers[self.MAX_LAYERS:]
+            if rest:
+                shown.append(f"{len(rest)} more layers: {sum(o for _, _, o in rest):,} open")
+            out.append("  " + "  ·  ".join(shown))
+        if self._task is not None:
+            description, total, completed = self._task
+            out.append(f"  {description}: {completed:,} / {total:,}")
+        return out
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.text import Text
+
+        lines = self.lines()
+        parts: list = [Text(line) for line in lines[:-1 if self._task is not None else None]]
+        if self._task is not None:
+            _, total, completed = self._task
+            parts.append(Group(Text(lines[-1]), ProgressBar(total=max(total, 1), completed=completed, width=40)))
+        return Group(*parts)
 
 
 # ---- options from declarations ----------------------------------------------------------------------------------
@@ -83,13 +178,36 @@ def _help(spec: OptionSpec, tag: str = "") -> str:
     return f"{text}  [{tag}]" if tag else text
 
 
-def click_option(spec: OptionSpec, tag: str = "") -> click.Option:
-    """A click option for ``spec``: its value reaches the core unconverted (``None`` when not given), so
-    every face checks values the same way."""
-    names = ([spec.short] if spec.short else []) + [spec.flag]
+def _param(name: str, annotation, info, default=None) -> pyinspect.Parameter:
+    """One keyword parameter of a generated command signature (typer reads ``Annotated[type, Option]``;
+    ``default=...`` makes it required)."""
+    return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=Annotated[annotation, info])
+
+
+def typer_option(spec: OptionSpec, panel: str, tag: str = "") -> pyinspect.Parameter:
+    """The typer option for ``spec``, as a parameter of a generated signature: its value reaches the core
+    unconverted (a string, ``None`` when not given), so every face checks values the same way."""
+    text = escape(_help(spec, tag))  # rich markup would read "[default: 8]" as a style
     if spec.type is bool:
-        return click.Option([f"{spec.flag}/--no-{spec.flag[2:]}", spec.name], default=None, help=_help(spec, tag))
-    return click.Option(names + [spec.name], default=None, metavar=_metavar(spec), help=_help(spec, tag))
+        info = typer.Option(f"{spec.flag}/--no-{spec.flag[2:]}", help=text, rich_help_panel=panel, show_default=False)
+        return _param(spec.name, Optional[bool], info)
+    names = ([spec.short] if spec.short else []) + [spec.flag]
+    info = typer.Option(*names, help=text, metavar=_metavar(spec), rich_help_panel=panel, show_default=False)
+    return _param(spec.name, Optional[str], info)
+
+
+def _generated(name: str, help: str, target: Callable, params: list[pyinspect.Parameter]) -> TyperCommand:
+    """A typer command calling ``target(**values)`` whose parameters are ``params`` (made from declarations
+    at run time, so written as a signature rather than as a ``def``)."""
+    def command(**values):
+        return target(**values)
+
+    command.__signature__ = pyinspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    sub = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
+    sub.command(name, help=help, context_settings=CONTEXT, cls=_Command)(command)
+    return typer.main.get_command(sub)
 
 
 def _pass_option_specs() -> tuple[dict, dict]:
@@ -128,8 +246,12 @@ def _print_run(report: dict) -> None:
     table.add_row("MACs / sample", f"{before['macs']:,}", f"{after['macs']:,}")
     table.add_row("file size", _size(before["file_bytes"]), _size(after["file_bytes"]))
     out.print(table)
+    from .formats import active_note
+
     for entry in report["passes"]:
         out.print(f"  pass {entry['name']:<10} {entry.get('seconds', 0):8.2f} s  {entry.get('message', '')}")
+        if entry["name"] == "fold" and active_note(report):
+            out.print(f"{'':28}{active_note(report)}", markup=False)
     fid = report.get("fidelity") or {}
     if fid.get("summary"):
         out.print(f"  fidelity on --data ({fid['samples']:,} rows, class predictions against the original): "
@@ -173,46 +295,114 @@ def _emit(report: dict, fmt: str, report_path: str | None, text) -> None:
 
 
 # ---- the commands --------------------------------------------------------------------------------------------------
-@click.group(context_settings=CONTEXT, invoke_without_command=False, no_args_is_help=True,
-             help="Make ReLU networks smaller: exactly where provable, within a stated budget where allowed.")
-@click.version_option(__version__, "--version", prog_name="onnxcomp", message="%(prog)s %(version)s")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def app(debug: bool) -> None:
+RUN_HELP = ("Compile MODEL with the given passes, verify the result against MODEL, write it to OUTPUT.  Every option "
+            "can also come from --config.")
+VERIFY_HELP = "Check that CANDIDATE computes what REFERENCE computes (exit 0 PASSED, 1 FAILED)."
+
+
+def _help_width() -> None:
+    """Help in a file or a CI log keeps the width of the tables (typer's rich help assumes 80 columns there,
+    and cuts long flags)."""
+    if not sys.stdout.isatty():
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = rich_utils.MAX_WIDTH or CONTEXT["max_content_width"]
+
+
+class _Command(TyperCommand):
+    """A command whose help keeps its width off a terminal."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _help_width()
+        return super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    """The ``onnxcomp`` group.  ``run`` and ``verify`` are made from the declarations registered when they
+    are first asked for (plugins included); listing them in ``--help`` needs only their help line."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(self.commands) | set(GENERATED))
+
+    def get_command(self, ctx, name: str):
+        if name in GENERATED and name not in self.commands:
+            help, build = GENERATED[name]
+            if getattr(self, "_listing", False):
+                return TyperCommand(name=name, help=help)
+            self.commands[name] = build()
+        return self.commands.get(name)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args or ctx.resilient_parsing:
+            return super().parse_args(ctx, args)
+        with contextlib.redirect_stdout(sys.stderr):  # the help that a bare `onnxcomp` prints is a usage error
+            return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:
+        _help_width()
+        self._listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+app = typer.Typer(name=PROG, cls=_Group, context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False,
+                  help="Make ReLU networks smaller: exactly where provable, within a stated budget where allowed.")
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", show_default=False)]
+
+
+def _show_version(value: Optional[bool]) -> None:
+    if value:
+        out.print(f"{PROG} {__version__}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(debug: DebugOption = False,
+          version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True,
+                                                          help="Show the version and exit.")] = None) -> None:
     """onnxcomp: an ONNX graph-to-graph compiler for ReLU networks."""
 
 
-def _output_options() -> list:
+def _output_options() -> list[pyinspect.Parameter]:
     """--report, --format and --debug, the same for run and verify."""
     return [
-        click.Option(["--report", "report"], default=None, metavar="FILE",
-                     help="Write the report here (JSON; JUnit XML with --format junit)."),
-        click.Option(["--format", "format"], default=None, metavar="[" + "|".join(FORMATS) + "]",
-                     help="Output: text tables, json, md (Markdown summary, also appended to $GITHUB_STEP_SUMMARY), "
-                          "junit (JUnit XML to --report).  [default: text]"),
-        click.Option(["--debug"], is_flag=True, help="Show tracebacks on errors."),
+        _param("report", Optional[str], typer.Option(
+            "--report", metavar="FILE", rich_help_panel=IO_PANEL,
+            help="Write the report here (JSON; JUnit XML with --format junit).")),
+        _param("format", Optional[str], typer.Option(
+            "--format", metavar="[" + "|".join(FORMATS) + "]", rich_help_panel=IO_PANEL,
+            help="Output: text tables, json, md (Markdown summary, also appended to $GITHUB_STEP_SUMMARY), "
+                 "junit (JUnit XML to --report).  \\[default: text]")),
+        _param("debug", Optional[bool], typer.Option(
+            "--debug", help="Show tracebacks on errors.", rich_help_panel=IO_PANEL)),
     ]
 
 
-def _run_command() -> click.Command:
+def _run_command() -> TyperCommand:
     from .api import RunSettings
     from .options import specs
 
     params = [
-        click.Argument(["model"], required=False),
-        click.Option(["-p", "--passes", "passes"], default=None, metavar="NAMES",
-                     help="Comma-separated passes, e.g. stable,lap (see `onnxcomp passes`)."),
-        click.Option(["-o", "--output", "output"], default=None, metavar="FILE",
-                     help="Output ONNX file (written only if verified)."),
-        click.Option(["--config", "config"], default=None, metavar="TOML",
-                     help="Read the pipeline from a TOML file (keys: the long option names); flags override it."),
+        _param("model", Optional[str], typer.Argument(metavar="MODEL", show_default=False)),
+        _param("passes", Optional[str], typer.Option(
+            "-p", "--passes", metavar="NAMES", rich_help_panel=IO_PANEL,
+            help="Comma-separated passes, e.g. stable,lap (see `onnxcomp passes`).")),
+        _param("output", Optional[str], typer.Option(
+            "-o", "--output", metavar="FILE", rich_help_panel=IO_PANEL,
+            help="Output ONNX file (written only if verified).")),
+        _param("config", Optional[str], typer.Option(
+            "--config", metavar="TOML", rich_help_panel=IO_PANEL,
+            help="Read the pipeline from a TOML file (keys: the long option names); flags override it.")),
         *_output_options(),
     ]
-    params += [click_option(s) for s in specs(RunSettings)]
+    params += [typer_option(s, RUN_PANEL) for s in specs(RunSettings)]
     merged, tags = _pass_option_specs()
-    params += [click_option(s, tags[name]) for name, s in merged.items()]
-    return click.Command("run", params=params, callback=_run, context_settings=CONTEXT,
-                         help="Compile MODEL with the given passes, verify the result against MODEL, write it to "
-                              "OUTPUT.  Every option can also come from --config.")
+    params += [typer_option(s, PASS_PANEL, tags[name]) for name, s in merged.items()]
+    return _generated("run", RUN_HELP, _run, params)
 
 
 def _run(model, passes, output, report, config, format, debug, **options) -> None:
@@ -257,8 +447,8 @@ def _run(model, passes, output, report, config, format, debug, **options) -> Non
         api.check_output_path(report_path, [model_path], "--report", other_output=out_path)
     inputs = {k: values.pop(k) for k in ("domain", "data", "labels") if k in values}
     try:
-        result = api.compress(model_path, values.pop("passes", ""), pass_options=per_pass, progress=_RichProgress(),
-                              **inputs, **values)
+        result = api.compress(model_path, values.pop("passes", ""), pass_options=per_pass,
+                              progress=_RichProgress(err if fmt == "text" else None), **inputs, **values)
     except OptionError as exc:
         raise _relabel(exc, origins) from None
     except OnnxcompError as exc:
@@ -278,18 +468,21 @@ def _run(model, passes, output, report, config, format, debug, **options) -> Non
     _emit(rep, fmt, report_path, text)
 
 
-def _verify_command() -> click.Command:
+def _verify_command() -> TyperCommand:
     from .api import VerifySettings
     from .options import specs
 
     params = [
-        click.Argument(["reference"]),
-        click.Argument(["candidate"]),
+        _param("reference", str, typer.Argument(metavar="REFERENCE", show_default=False), default=...),
+        _param("candidate", str, typer.Argument(metavar="CANDIDATE", show_default=False), default=...),
         *_output_options(),
     ]
-    params += [click_option(s) for s in specs(VerifySettings)]
-    return click.Command("verify", params=params, callback=_verify, context_settings=CONTEXT,
-                         help="Check that CANDIDATE computes what REFERENCE computes (exit 0 PASSED, 1 FAILED).")
+    params += [typer_option(s, VERIFY_PANEL) for s in specs(VerifySettings)]
+    return _generated("verify", VERIFY_HELP, _verify, params)
+
+
+GENERATED = {"run": (RUN_HELP, _run_command), "verify": (VERIFY_HELP, _verify_command)}
+"""The commands whose flags are generated from declarations: (help line, builder)."""
 
 
 def _verify(reference, candidate, report, format, debug, **options) -> None:
@@ -326,11 +519,11 @@ def _verify(reference, candidate, report, format, debug, **options) -> None:
         raise SystemExit(1)
 
 
-@app.command(context_settings=CONTEXT)
-@click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def inspect(model: str, as_json: bool, debug: bool) -> None:
+@app.command("inspect", context_settings=CONTEXT, cls=_Command)
+def inspect_command(model: Annotated[str, typer.Argument(metavar="MODEL", show_default=False)],
+                    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.",
+                                                          show_default=False)] = False,
+                    debug: DebugOption = False) -> None:
     """Show the lowered chain (layers, widths, params), kept prefix/suffix ops and file size."""
     from .api import inspect as inspect_model
 
@@ -392,9 +585,8 @@ def _print_needs(name: str) -> None:
         out.print(f"            {line}", markup=False)
 
 
-@app.command("passes", context_settings=CONTEXT)
-@click.argument("name", required=False)
-def list_passes(name: str | None) -> None:
+@app.command("passes", context_settings=CONTEXT, cls=_Command)
+def list_passes(name: Annotated[Optional[str], typer.Argument(metavar="NAME", show_default=False)] = None) -> None:
     """List the passes (what each needs, provides and its options), or show one pass in full."""
     from .pipeline import COMPOSITES, KIND_NAMES, NEEDS, REGISTRY, load_passes, run_needs
 
@@ -448,16 +640,17 @@ def list_passes(name: str | None) -> None:
     out.print(table)
 
 
-@app.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1)
-@click.option("--config", "config", default="onnxcomp-verify.toml", show_default=True,
-              help="TOML file naming, per candidate model, the reference it must match.")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def precommit(files: tuple, config: str, debug: bool) -> None:
+@app.command("precommit", context_settings=CONTEXT, cls=_Command)
+def precommit(files: Annotated[Optional[list[str]], typer.Argument(metavar="FILES...", show_default=False)] = None,
+              config: Annotated[str, typer.Option(
+                  "--config", help="TOML file naming, per candidate model, the reference it must match.",
+                  show_default=True)] = "onnxcomp-verify.toml",
+              debug: DebugOption = False) -> None:
     """Verify changed ONNX FILES against the references the config names (a pre-commit hook)."""
     from . import api
     from .precommit import checks_for, load_config, unchecked
 
+    files = files or []
     cfg = load_config(config)
     checks = checks_for(cfg, list(files))
     failed = 0
@@ -472,10 +665,10 @@ def precommit(files: tuple, config: str, debug: bool) -> None:
         raise SystemExit(1)
 
 
-def _add_generated_commands() -> None:
-    """(Re)build ``run`` and ``verify`` from the declarations registered now (plugins included)."""
-    app.add_command(_run_command())
-    app.add_command(_verify_command())
+def command() -> _Group:
+    """The command group as typer builds it now; ``run`` and ``verify`` are made from the declarations
+    registered when they are first looked up (plugins included)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,21 +683,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_app(argv: list[str], debug: bool) -> int:
     try:
-        _add_generated_commands()
-        rv = app.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        group = command()
+        if os.environ.get(f"_{PROG.upper()}_COMPLETE"):  # a shell asks for completions: typer answers and exits
+            group.main(args=argv, prog_name=PROG)
+        with group.make_context(PROG, argv) as ctx:
+            rv = group.invoke(ctx)
         return rv if isinstance(rv, int) else 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
-    except click_exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click_exceptions.NoArgsIsHelpError as exc:
-        err.print(exc.format_message(), markup=False)
+    except _click_exceptions.NoArgsIsHelpError:  # the group printed its help on stderr
         return 2
-    except click_exceptions.UsageError as exc:
+    except _click_exceptions.UsageError as exc:
         msg = exc.format_message().strip().splitlines()
         err.print(f"onnxcomp: error: {' '.join(m.strip() for m in msg)}", markup=False)
         return 2
-    except (KeyboardInterrupt, click_exceptions.Abort):
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (KeyboardInterrupt, typer.Abort):
         err.print("onnxcomp: interrupted; nothing written", markup=False)
         return 130
     except InternalError as exc:

@@ -302,6 +302,30 @@ def _table(header: list[str], rows: Iterable[list], align: str | None = None) ->
     return lines
 
 
+def active_note(report: Mapping) -> str:
+    """What became of the stably active neurons of a run that folded (``""`` when it proved none or did not
+    fold): a newcomer reads "12 stably active" and sees the widths move only by the inactive ones."""
+    stable = report.get("stable") or {}
+    active = (stable.get("totals") or {}).get("stably_active") or 0
+    if not active or not any(p.get("name") == "fold" for p in report.get("passes") or []):
+        return ""
+    removed = [r for r in stable.get("removed") or [] if r.get("state") == "stably_active"]
+    by_rank = sum(1 for r in removed if r.get("proof") == "rank")
+    with_layer = len(removed) - by_rank
+    kept = active - len(removed)
+    parts = []
+    if by_rank:
+        parts.append(f"{by_rank:,} folded into the next layer (their weight rows are linear combinations of the "
+                     f"other active neurons')")
+    if with_layer:
+        parts.append(f"{with_layer:,} folded into the next layer with their whole layer (every neuron of it active)")
+    if kept:
+        parts.append(f"{'all' if kept == active else f'{kept:,}'} kept: a stably active neuron is linear on the domain, but the next layer still "
+                     f"needs its direction unless its weight row depends on the other active neurons' or its whole "
+                     f"layer is active")
+    return f"{active:,} stably active" + (", " if kept == active else ": ") + "; ".join(parts)
+
+
 def markdown(report: Mapping) -> str:
     """A compact Markdown summary for a pull-request comment or ``$GITHUB_STEP_SUMMARY``: a PASSED/FAILED
     headline, one row per check, the error statistics (and the smallest passing tolerances), the formal
@@ -374,6 +398,9 @@ def markdown(report: Mapping) -> str:
         if stable.get("epsilon_error_bound"):
             line += f"; ε error bound {_g(stable['epsilon_error_bound'])}"
         lines += [line + ".", ""]
+        note = active_note(report)
+        if note:
+            lines += [_cell(note[0].upper() + note[1:]) + ".", ""]
 
     fid = report.get("fidelity") or {}
     orig = fid.get("original") or {}

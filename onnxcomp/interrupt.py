@@ -24,6 +24,9 @@ WRITE_LOCK = threading.Lock()
 
 WRITTEN: list[str] = []
 """Paths written completely by this process (named in the interruption message)."""
+BEFORE_EXIT: list = []
+"""Callables the watcher runs before it ends the process (the command line's live display gives the
+terminal back its cursor); one that fails does not stop the exit."""
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -42,6 +45,11 @@ def _watch() -> None:
     WRITE_LOCK.acquire()  # never released: no write starts after this point
     what = "interrupted" if signum == signal.SIGINT else "terminated"
     done = f"wrote {', '.join(WRITTEN)} before that" if WRITTEN else "nothing written"
+    for fn in list(BEFORE_EXIT):
+        try:
+            fn()
+        except Exception:  # the exit matters more than a tidy terminal
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

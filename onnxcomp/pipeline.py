@@ -276,7 +276,24 @@ class Options:
 
 
 class Progress:
-    """Progress hook; the CLI swaps in a rich progress bar.  Library code only calls these."""
+    """What a run is doing, for a live display (the command line's, on a terminal); here every method does
+    nothing.  Library code only calls these, through ``ctx.progress``:
+
+    * ``stage(name, deadline)``: a stage began (the manager calls it before each pass, ``compress``
+      before the verification); ``deadline`` is the run's :class:`~onnxcomp.timing.Deadline`;
+    * ``layers(counts)``: neurons decided and still open per hidden ReLU layer, ``[(layer, decided,
+      open), ...]`` (``layer`` the id the report names it by), whenever a stability analysis knows more
+      (decided: proven stable, or seen on both sides);
+    * ``start(description, total)`` / ``advance(n)`` / ``stop()``: a counted task inside the stage (the
+      rows sampling runs);
+    * ``done()``: the run is over (called once, also on failure); a display goes away before the result.
+    """
+
+    def stage(self, name: str, deadline: Deadline | None = None) -> None:  # pragma: no cover - trivial
+        pass
+
+    def layers(self, counts: Sequence[tuple[int, int, int]]) -> None:  # pragma: no cover - trivial
+        pass
 
     def start(self, description: str, total: int) -> None:  # pragma: no cover - trivial
         pass
@@ -285,6 +302,9 @@ class Progress:
         pass
 
     def stop(self) -> None:  # pragma: no cover - trivial
+        pass
+
+    def done(self) -> None:  # pragma: no cover - trivial
         pass
 
 
@@ -487,6 +507,7 @@ class PassManager:
         for need in spec.required(opts):
             if need not in ctx.annotations:
                 raise PreconditionError(f"pass '{spec.name}' requires {need.__name__}, which no earlier pass provided")
+        ctx.progress.stage(spec.name, ctx.deadline)
         start = time.perf_counter()
         before = net.fingerprint()
         try:

@@ -15,22 +15,33 @@ import os
 import re
 from dataclasses import dataclass
 from math import prod
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from .errors import InputError
 from .onnxio import SUPPORTED_FLOAT, real_inputs, value_shape
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
+def _ort():
+    """onnxruntime, imported on first use: ``inspect``, ``passes`` and the help need no session, and the
+    import is a tenth of their start-up."""
+    import onnxruntime
+
+    return onnxruntime
+
+
 def _quiet_options() -> ort.SessionOptions:
+    ort = _ort()
     so = ort.SessionOptions()
     # Fatal only: every error onnxruntime raises becomes onnxcomp's own one-line message, so its log
     # line for the same error (severity 3) would only say it twice, in another format.
@@ -49,6 +60,7 @@ def _quiet_options() -> ort.SessionOptions:
 @functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """True when onnxruntime's CUDA execution provider actually loads here (not just is listed)."""
+    ort = _ort()
     if CUDA not in ort.get_available_providers():
         return False
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -121,7 +133,7 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto", spinning: bool
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(data, options, providers=provs, disabled_optimizers=disabled)
+        return _ort().InferenceSession(data, options, providers=provs, disabled_optimizers=disabled)
     except Exception as exc:
         raise InputError(f"onnxruntime cannot load the model: {ort_message(exc)}") from None
 

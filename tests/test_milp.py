@@ -5,6 +5,9 @@ that exclude a real pre-activation are refused; the epsilon policy never removes
 
 from __future__ import annotations
 
+import gc
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -454,8 +457,9 @@ def test_a_solver_that_crashes_proves_nothing_and_the_run_goes_on(repo_root, mon
     """Fault injection: SCIP's ISA plugins fail from inside its search (reading a solution's input raises
     from its third call on, in every MILP).  No MILP proves anything, the pass finishes with those
     neurons undecided (kept; ISA says the solver failed), and the folded network equals the original.
-    pyscipopt reports an exception in a callback and lets SCIP go on; whatever it does then, a
-    proof still needs the optimum 0 with no solution that claims a state."""
+    pyscipopt reports an exception in a callback (as an unraisable exception, caught here: each one is
+    the injected failure) and lets SCIP go on; whatever it does then, a proof still needs the optimum 0
+    with no solution that claims a state."""
     from onnxcomp.milp import scip
 
     if method == "isa":
@@ -475,9 +479,14 @@ def test_a_solver_that_crashes_proves_nothing_and_the_run_goes_on(repo_root, mon
     PassManager().run(net, ["bounds", "milp"], reference)
     assert reference.log[-1]["undecided"] == 0
     monkeypatch.setattr(scip._Shared, "x0", failing_x0)
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     ctx = Context(box=box, deadline=Deadline(5), options={"stability_method": method, "solver": "scip"})
     new = PassManager().run(net, ["bounds", "milp", "fold"], ctx)
+    gc.collect()  # the failed models are freed here, while the hook still catches what they report
     assert calls["n"] >= 3, "the failure was never injected"
+    assert unraisable and all(isinstance(u.exc_value, MemoryError) and str(u.exc_value) == "injected solver failure"
+                              for u in unraisable), [u.exc_value for u in unraisable]
     entry = next(e for e in ctx.log if e["name"] == "milp")
     if method == "isa":  # (split goes on bisecting, and its bounds may still settle every neuron)
         assert entry["status"].startswith("error") and any("solver failed" in w for w in ctx.warnings)

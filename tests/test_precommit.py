@@ -27,9 +27,10 @@ def _cli_flags() -> dict:
     """The subcommands and flags the CLI really has (the hook and the action may use only these)."""
     from onnxcomp import cli
 
-    cli._add_generated_commands()
+    group = cli.command()
+    commands = {name: group.get_command(None, name) for name in group.list_commands(None)}
     return {name: {o for p in cmd.params for o in p.opts + p.secondary_opts if o.startswith("-")} | {"-h", "--help"}
-            for name, cmd in cli.app.commands.items()}
+            for name, cmd in commands.items()}
 
 
 KNOWN = _cli_flags()

@@ -132,7 +132,7 @@ def test_quoted_run_output_is_what_the_tool_prints(scratch):
         command, *quoted = block.strip().splitlines()
         result = run_line(command[2:], scratch)
         assert result.returncode == 0, result.stderr
-        printed = result.stdout.splitlines()
+        printed = [line.rstrip() for line in result.stdout.splitlines()]  # rich pads lines with spaces
         for line in quoted:
             if line != "...":
                 assert line in printed, (command, line, result.stdout[-2000:])

@@ -43,6 +43,8 @@ class ProofSetup:
     split_min_width: float = 1 / 64
     workers: object = None
     warnings: list = field(default_factory=list)
+    progress: object = None
+    """A ``pipeline.Progress`` told the neurons decided / open per layer as the proofs go (or ``None``)."""
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

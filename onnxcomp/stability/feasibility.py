@@ -703,7 +703,7 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
            seen_inactive: list | None = None, known: tuple | None = None, alpha_iterations: int = 20, alpha_share: float = 0.1, lp: bool = False,
            witness_seconds: float | None = None, objective: str = "max", relax_proven: bool = True, chunk: int = 8,
            parallel: int = 1, map_fn=None, solver_options: dict | None = None, second_round: bool = True,
-           final: tuple | None = None, seed: int = 0) -> Settlement:
+           final: tuple | None = None, seed: int = 0, on_progress=None) -> Settlement:
     """Settle every open side of every hidden ReLU layer of ``net`` over the box, first layer first.
 
     Stages (each recorded in ``stages`` with its time and the open sides before/after):
@@ -727,8 +727,10 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
        time; under ``"auto"`` a layer whose first round proved sides gets the method that proved the
        most of them instead.
 
-    ``deadline`` (absolute ``time.monotonic()``) overrides ``time_limit``.  Nothing is proven by a time
-    limit or a failure: such sides stay undecided."""
+    ``deadline`` (absolute ``time.monotonic()``) overrides ``time_limit``.  ``on_progress``, if given, is
+    called with ``[(layer id, decided, open), ...]`` per hidden layer after every stage and every wave of sides
+    (``pipeline.Progress.layers``).  Nothing is proven by a time limit or a failure: such sides stay
+    undecided."""
     t_start = time.monotonic()
     deadline = t_start + float(time_limit) if deadline is None else float(deadline)
     map_fn = map if map_fn is None else map_fn
@@ -782,10 +784,16 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
             if not exact_bounds[0]:  # bounds that rest on MILP results carry their margin
                 st.epsilon[k][new_in | new_act] = eps[k][new_in | new_act]
 
+    def report_progress() -> None:
+        if on_progress is not None:
+            on_progress([(int(net.layers[k].layer_id), int(u.size - u.sum()), int(u.sum()))
+                         for k, u in enumerate(st.undecided) if k in hidden])
+
     def stage(name: str, t: float, before: int, after: int, **extra) -> None:
         now = time.monotonic()
         stages.append({"stage": name, "seconds": now - t, "open_before": before, "open_after": after,
                        "at": now - t_start, **extra, "undecided_neurons": st.counts()["undecided"]})
+        report_progress()
 
     # 1. bounds (CROWN's, computed above with the margins)
     t = t_start
@@ -869,6 +877,7 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
                     mine.append(r)
                     if _apply_side(net, st, r, floor, eps):
                         exact_bounds[0] = False
+            report_progress()
             if probe and not any(r.verdict != "undecided" for r in mine):
                 break
         stats = {v: sum(1 for r in mine if r.verdict == v) for v in ("proven", "witness", "undecided")}

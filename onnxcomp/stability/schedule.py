@@ -91,7 +91,8 @@ def feasibility(setup: ProofSetup, state: StabilityState, time_limit: float, ent
                 seen_inactive=[np.asarray(a, bool) for a in state.seen_inactive],
                 known=(state.proven_inactive, state.proven_active, state.epsilon),
                 parallel=workers.size if workers is not None else 1,
-                map_fn=workers.map if workers is not None else None)
+                map_fn=workers.map if workers is not None else None,
+                on_progress=setup.progress.layers if setup.progress is not None else None)
     fp = net.fingerprint()
     parts = []
     for kind in sorted({str(c) for layer in st.certificate for c in layer if c and c != "known"}):
@@ -134,7 +135,10 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
     def record(found: Findings) -> StabilityState:
         results.append(found)
         known.append(found)
-        return merge(net, known)
+        merged = merge(net, known)
+        if setup.progress is not None:  # after each strategy (feasibility also reports while it runs)
+            setup.progress.layers(merged.progress(net))
+        return merged
 
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS

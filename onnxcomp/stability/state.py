@@ -113,6 +113,12 @@ class StabilityState:
         """Neurons never seen inactive and not yet proven active (ISA's set Q)."""
         return ~self.seen_inactive[k] & ~self.proven_active[k] & ~self.proven_inactive[k]
 
+    def progress(self, net: Network) -> list[tuple[int, int, int]]:
+        """(layer id, decided, open) per hidden ReLU layer, for ``Progress.layers``."""
+        hidden = [k for k in range(len(net.layers) - 1) if net.layers[k].is_relu]
+        return [(int(net.layers[k].layer_id), int(net.layers[k].n_out - n), int(n))
+                for k in hidden for n in [self.undecided(k).sum()]]
+
     def counts(self, net: Network) -> dict:
         hidden = [k for k in range(len(net.layers) - 1) if net.layers[k].is_relu]
         return {

@@ -25,4 +25,5 @@ def run(net, ctx, opts: BoundsOptions) -> PassResult:
     bounds = domain_bounds(net, ctx.box, opts.bounds_method)
     found, facts = certify(net, bounds)
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats)).extended(found)
+    ctx.progress.layers(stability.state(net).progress(net))
     return PassResult((bounds, stability), entry=facts)

@@ -25,7 +25,9 @@ class FalsifyOptions:
           paper="ISA §5 (disproving stability is easy)")
 def run(net, ctx, opts: FalsifyOptions) -> PassResult:
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
-    found, facts = search(net, ctx.box, stability.state(net), list(ctx.get(DomainBounds).eps), ctx.rng(1),
+    state = stability.state(net)
+    ctx.progress.layers(state.progress(net))
+    found, facts = search(net, ctx.box, state, list(ctx.get(DomainBounds).eps), ctx.rng(1),
                           samples=opts.falsify_samples, corners=ctx.corners, pgd_steps=opts.pgd_steps,
                           deadline=ctx.deadline.share(opts.falsify_share))
     return PassResult((stability.extended(found),), entry=facts)

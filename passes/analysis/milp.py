@@ -41,6 +41,7 @@ class MilpOptions:
 def run(net, ctx, opts: MilpOptions) -> PassResult:
     bounds = ctx.get(DomainBounds)
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
+    ctx.progress.layers(stability.state(net).progress(net))
     if net.has_conv:
         # the solvers take explicit rows; the same units in the same order, so the findings carry over
         view = dense_view(net)
@@ -52,7 +53,7 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
     setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
-                       split_min_width=opts.split_min_width, workers=ctx.workers())
+                       split_min_width=opts.split_min_width, workers=ctx.workers(), progress=ctx.progress)
     seconds = ctx.deadline.remaining() if ctx.deadline.limited else DEFAULT_SECONDS
     found, entry = prove(setup, list(stability.findings), opts.stability_method, max(seconds, 0.01))
     for message in setup.warnings:

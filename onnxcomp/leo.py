@@ -27,6 +27,7 @@ import numpy as np
 
 from .conv import is_conv
 from .ir import LINEAR, RELU, Dense, Network
+from .linalg import pivoted_qr
 from .stability.state import StabilityState
 
 RANK_TOL = 1e-10
@@ -133,10 +134,7 @@ class _Folder:
                 continue
             ws = lay.w[s]
             # Greedy basis of the rows of W_S: QR with column pivoting on W_S^T.
-            import scipy.linalg  # imported here: scipy costs half a second of every CLI start
-
-            _, r, piv = scipy.linalg.qr(ws.T, mode="economic", pivoting=True)
-            diag = np.abs(np.diag(r))
+            diag, piv = pivoted_qr(ws.T)  # numpy for small layers: scipy costs a tenth of a second to import
             if diag.size == 0 or diag[0] == 0:
                 continue
             rank = int(np.sum(diag > diag[0] * max(ws.shape) * np.finfo(float).eps * 16))

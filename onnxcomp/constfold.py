@@ -21,6 +21,10 @@ FOLDABLE = frozenset({
     "Reciprocal", "Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather", "BitShift", "CumSum",
     "ScatterElements", "ConstantOfShape", "Expand", "ReduceSum", "DequantizeLinear",
 })
+BATCH = 2**40 + 15
+"""The value a symbolic batch size takes in a folded ``Shape`` (no real tensor has that many rows): the
+reader accepts it as the first entry of a Reshape target (the batch, as ``x.view(x.size(0), -1)`` means)
+and nowhere else, and anything computed from it is too large to fold."""
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "BitShift"})
 FOLD_MAX_ELEMENTS = 1 << 24
 # The ONNX reference runtime implements DequantizeLinear from opset 19 on; version 19 computes what
@@ -91,6 +95,8 @@ def fold_constants(model: onnx.ModelProto, consts: dict, shapes: dict | None = N
     for i, node in enumerate(model.graph.node):
         if node.op_type == "Shape" and shapes and node.domain in ("", "ai.onnx"):
             dims = shapes.get(node.input[0])
+            # a symbolic batch axis (axis 0) stands as BATCH: only a Reshape target may use it, and only there
+            dims = None if dims is None else [BATCH if a == 0 and not isinstance(d, int) else d for a, d in enumerate(dims)]
             if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
                 attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
                 start, end = int(attrs.get("start", 0)), attrs.get("end")

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .constfold import fold_constants
+from .constfold import BATCH, fold_constants
 from .conv import Conv, affine_channels, average_pool, conv_output_hw, max_pool
 from .errors import InputError
 from .ir import LINEAR, RELU, Dense, Network
@@ -717,7 +717,10 @@ def _reshape(lw: _Lowerer, st: _Walk, c: _Call) -> None:
             raise _Stop("Reshape with a computed shape")
         target = [int(v) for v in np.asarray(target).reshape(-1)]
         allowzero = int(a.get("allowzero", 0))
-        target = [shape[i] if (v == 0 and not allowzero and i < len(shape)) else v for i, v in enumerate(target)]
+        target = [shape[i] if ((v == 0 and not allowzero) or (v == BATCH and i == 0)) and i < len(shape) else v
+                  for i, v in enumerate(target)]
+        if any(abs(v) >= BATCH for v in target if isinstance(v, int)):
+            raise _Stop("Reshape to a shape computed from the batch size")
     else:
         axes = a.get("axes")
         if axes is None and len(c.node.input) > 1 and c.node.input[1]:

@@ -299,9 +299,11 @@ def test_dead_channels_leave_the_convolution_and_the_next_one():
     assert np.allclose(new(x), net(x))
 
 
-def test_a_pytorch_style_view_flatten_with_a_fixed_batch_is_read():
-    """``x.view(x.size(0), -1)`` exports as Shape -> Gather -> Unsqueeze -> Concat -> Reshape; with a fixed
-    batch the Shape is a constant, so the chain runs through it into the head."""
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_a_pytorch_style_view_flatten_is_read(batch):
+    """``x.view(x.size(0), -1)`` exports as Shape -> Gather -> Unsqueeze -> Concat -> Reshape; the Shape is a
+    constant (a symbolic batch stands as a marker only a Reshape's batch entry may use), so the chain runs
+    through it into the head."""
     rng = np.random.default_rng(9)
     floats = {"k": rng.normal(size=(2, 3, 3, 3)), "b": np.zeros(2), "w": rng.normal(size=(4, 72)), "c": np.zeros(4)}
     ints = {"zero": np.array(0), "m1": np.array([-1]), "ax": np.array([0])}
@@ -311,14 +313,14 @@ def test_a_pytorch_style_view_flatten_with_a_fixed_batch_is_read():
              helper.make_node("Reshape", ["r1", "shp"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"], transB=1)]
     inits = ([numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in floats.items()]
              + [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in ints.items()])
-    graph = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    graph = helper.make_graph(nodes, "view", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     net = lower(model, source="view", conv=True)
     assert not net.onnx.prefix_ops and not net.onnx.suffix_ops
     assert [type(layer).__name__ for layer in net.layers] == ["Conv", "Dense"]
-    x = rng.uniform(0, 1, size=(3, 192))
+    x = rng.uniform(0, 1, size=(3 if batch == "N" else 1, 192))
     (want,) = run_ort(model, x.astype(np.float32))
     assert_same(net(x), want)
     written = to_model(net)

@@ -379,7 +379,10 @@ def stability_report(net: Network, st: StabilityState, removed: list, folded: li
         unstable = st.seen_active[k] & st.seen_inactive[k]
         layers.append({
             "layer": layer.layer_id,
-            **({"kind": "conv", "shape": list(layer.out_shape)} if is_conv(layer) else {}),
+            # a MaxPool's parts are layers of their own here: "maxpool", with the pooling's part number
+            **({"kind": "maxpool" if layer.pool else "conv", "shape": list(layer.out_shape),
+                **({"part": f"{layer.pool[0] + 1} of {layer.pool[1]}"} if layer.pool else {})}
+               if is_conv(layer) else {}),
             "activation": layer.activation,
             "width": layer.n_out,
             "inactive": ids[st.proven_inactive[k]].tolist() if layer.is_relu else [],

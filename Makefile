@@ -19,11 +19,13 @@ bench:  ## benchmarks: tables on stdout, CSV + PNG under bench/out/ (the stabili
 	$(PYTHON) bench/sampling.py
 	$(PYTHON) bench/stability.py
 	$(PYTHON) bench/lossy.py
+	$(PYTHON) bench/cnn.py
 
 bench-quick:  ## the same benchmarks on fewer models and shorter limits (minutes)
 	$(PYTHON) bench/sampling.py --quick
 	$(PYTHON) bench/stability.py --quick
 	$(PYTHON) bench/lossy.py --quick
+	$(PYTHON) bench/cnn.py --quick
 
 models:  ## re-train the fixture models (needs torch: pip install torch==2.13.0)
 	$(PYTHON) models/train_fixtures.py

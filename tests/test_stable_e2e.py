@@ -201,3 +201,36 @@ def test_a_network_without_hidden_neurons_passes_through_every_method(tmp_path, 
     milp = next(p for p in r["passes"] if p["name"] == "milp")
     assert milp["undecided"] == 0 and milp["status"] == "nothing to prove"
     assert r["verification"]["passed"]
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Add"])
+def test_a_cnn_with_an_op_the_ir_cannot_hold_is_refused_naming_it(tmp_path, op):
+    """A Sigmoid, or a residual Add reading the same map twice, inside the convolutional prefix: the chain
+    cannot start at the input, and the one-line refusal says where the path from the input stops."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    mid = (helper.make_node("Sigmoid", ["r1"], ["m"], name="squash") if op == "Sigmoid"
+           else helper.make_node("Add", ["r1", "r1"], ["m"], name="residual"))
+    # (a dense head with more layers than the prefix, so the longest chain is the head's)
+    nodes = [helper.make_node("Conv", ["x", "k", "b"], ["c1"], name="conv1"), helper.make_node("Relu", ["c1"], ["r1"]),
+             mid, helper.make_node("Flatten", ["m"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["g"], transB=1),
+             helper.make_node("Relu", ["g"], ["h"]), helper.make_node("Gemm", ["h", "w2", "c2"], ["y"], transB=1)]
+    inits = {"k": rng.normal(size=(2, 1, 3, 3)), "b": np.zeros(2), "w": rng.normal(size=(4, 72)), "c": np.zeros(4),
+             "w2": rng.normal(size=(3, 4)), "c2": np.zeros(3)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path, out = tmp_path / "cnn.onnx", tmp_path / "never.onnx"
+    onnx.save(model, path)
+    before = path.read_bytes()
+    code, stdout, stderr = onnxcomp("run", path, "-p", "stable", "--domain", "0:1", "-o", out)
+    assert code == 2 and not out.exists() and path.read_bytes() == before
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr
+    assert ("node 'squash'" in lines[0]) if op == "Sigmoid" else ("tensor 'r1', which feeds 2 nodes" in lines[0])
+    # the lossy passes still work on the head, the prefix passed through untouched
+    code, stdout, stderr = onnxcomp("run", path, "-p", "quantize", "--bits", "8", "--domain", "0:1", "-o", out)
+    assert code == 0, stderr

@@ -850,12 +850,7 @@ def _average_pool(lw: _Lowerer, st: _Walk, c: _Call) -> None:
             raise _Stop("dilated pooling")
         if (any(pads) or st.pad is not None) and not c.attrs.get("count_include_pad", 0):
             raise _Stop("AveragePool over padding that is not counted is not a fixed kernel")
-        if c.attrs.get("ceil_mode", 0):
-            floor = conv_output_hw((h, wd), kernel_hw, strides, pads, (1, 1))
-            ceil = tuple(-(-(size + pads[i] + pads[i + 2] - kernel_hw[i]) // strides[i]) + 1
-                         for i, size in enumerate((h, wd)))
-            if floor != ceil:
-                raise _Stop("AveragePool in ceil mode with a partial window")
+        _check_ceil_mode(c, (h, wd), kernel_hw, strides, pads)
     kernel = np.full((ch, 1) + tuple(kernel_hw), 1.0 / (kernel_hw[0] * kernel_hw[1]))
     st.conv(kernel, np.zeros(ch), strides, pads, (1, 1), ch, c.src, op="AveragePool")
 
@@ -875,13 +870,18 @@ def _max_pool(lw: _Lowerer, st: _Walk, c: _Call) -> None:
     strides, pads, dil = _spatial_attrs(c, kernel_hw, (h, wd))
     if dil != (1, 1) or c.attrs.get("storage_order", 0):
         raise _Stop("dilated MaxPool, or one with a column-major storage order")
-    if c.attrs.get("ceil_mode", 0):
-        floor = conv_output_hw((h, wd), kernel_hw, strides, pads, (1, 1))
-        ceil = tuple(-(-(size + pads[i] + pads[i + 2] - kernel_hw[i]) // strides[i]) + 1
-                     for i, size in enumerate((h, wd)))
-        if floor != ceil:
-            raise _Stop("MaxPool in ceil mode with a partial window")
+    _check_ceil_mode(c, (h, wd), kernel_hw, strides, pads)
     st.max_pool(kernel_hw, strides, pads, c.src)
+
+
+def _check_ceil_mode(c: _Call, hw: tuple, kernel_hw: tuple, strides: tuple, pads: tuple) -> None:
+    """A pooling in ceil mode is read only when no window is partial (then it is the floor-mode one)."""
+    if c.attrs.get("ceil_mode", 0):
+        floor = conv_output_hw(hw, kernel_hw, strides, pads, (1, 1))
+        ceil = tuple(-(-(size + pads[i] + pads[i + 2] - kernel_hw[i]) // strides[i]) + 1
+                     for i, size in enumerate(hw))
+        if floor != ceil:
+            raise _Stop(f"{c.node.op_type} in ceil mode with a partial window")
 
 
 @_handles("Pad")

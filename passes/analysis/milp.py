@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onnxcomp.conv import dense_view
 from onnxcomp.milp import SOLVERS
@@ -10,6 +10,7 @@ from onnxcomp.options import option
 from onnxcomp.pipeline import ANALYSIS, DOMAIN, PassResult, register
 from onnxcomp.sampling import ActivationStats
 from onnxcomp.stability import DomainBounds, Stability
+from onnxcomp.stability.state import Findings
 from onnxcomp.stability.common import ProofSetup
 from onnxcomp.stability.schedule import METHODS, prove
 
@@ -42,6 +43,7 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
     bounds = ctx.get(DomainBounds)
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
     ctx.progress.layers(stability.state(net).progress(net))
+    known, own = list(stability.findings), net.fingerprint()
     if net.has_conv:
         # the solvers take explicit rows; the same units in the same order, so the findings carry over
         view = dense_view(net)
@@ -50,12 +52,21 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
                      "left undecided are kept")
             return PassResult((stability,), entry={"message": "skipped: convolutions too large for explicit rows"})
         net = view
+        # the same units in the same order: what is known carries over to the view, and what is proven back
+        known = [restamp(f, own, view.fingerprint()) for f in known]
     setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
                        split_min_width=opts.split_min_width, workers=ctx.workers(), progress=ctx.progress)
     seconds = ctx.deadline.remaining() if ctx.deadline.limited else DEFAULT_SECONDS
-    found, entry = prove(setup, list(stability.findings), opts.stability_method, max(seconds, 0.01))
+    found, entry = prove(setup, known, opts.stability_method, max(seconds, 0.01))
+    found = restamp(found, net.fingerprint(), own)
     for message in setup.warnings:
         ctx.warn(message)
     return PassResult((stability.extended(found),), entry=entry)
+
+
+def restamp(found: Findings, old: str, new: str) -> Findings:
+    """``found`` (and its parts) with the network fingerprint ``old`` replaced by ``new``."""
+    parts = None if found.parts is None else [restamp(p, old, new) for p in found.parts]
+    return replace(found, fingerprint=new if found.fingerprint == old else found.fingerprint, parts=parts)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxcomp as onnxcomp_api
 from builders import assert_same, run_ort
 from onnxcomp.domain import parse_domain
 from onnxcomp.reader import read
@@ -234,3 +235,17 @@ def test_a_cnn_with_an_op_the_ir_cannot_hold_is_refused_naming_it(tmp_path, op):
     # the lossy passes still work on the head, the prefix passed through untouched
     code, stdout, stderr = onnxcomp("run", path, "-p", "quantize", "--bits", "8", "--domain", "0:1", "-o", out)
     assert code == 0, stderr
+
+
+def test_what_the_milp_stage_proves_on_a_cnn_is_what_the_fold_uses():
+    """On a CNN the MILP stage works on an explicit view of the convolutions; its proofs must come back to the
+    network (and what the bounds proved must reach it): the stable section's undecided count is the MILP
+    line's, and some conv unit is removed on a proof the MILP stage found."""
+    r = onnxcomp_api.compress(str(ROOT / "models" / "mnist_cnn_bn_avg.onnx"), "stable",
+                              domain=str(ROOT / "models" / "boxes" / "mnist_cnn_img0_eps0.01.vnnlib"),
+                              time_limit=300).report
+    entries = {e["name"]: e for e in r["passes"]}
+    totals = r["stable"]["totals"]
+    assert totals["undecided"] == entries["milp"]["undecided"]
+    assert totals["stably_inactive"] == entries["milp"]["stably_inactive"]
+    assert any(e["proof"] not in ("bounds", "bounds-epsilon") for e in r["stable"]["removed"] if "unit" in e)

@@ -153,9 +153,9 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int | None 
                     coefs.append(a)
                     consts.append(c)
                 y_lo, y_hi = _widen(y_lo, y_hi, mags[k] if rows is None else mags[k][:, rows])
-                if rows is not None:
+                if rows is not None:  # the other units keep their interval bounds
                     lo_k, hi_k = ibp.lower[k].copy(), ibp.upper[k].copy()
-                    lo_k[:, rows], hi_k[:, rows] = np.maximum(y_lo, lo_k[:, rows]), np.minimum(y_hi, hi_k[:, rows])
+                    lo_k[:, rows], hi_k[:, rows] = y_lo, y_hi
                     y_lo, y_hi = lo_k, hi_k
                 y_lo = np.maximum(y_lo, ibp.lower[k])
                 y_hi = np.minimum(y_hi, ibp.upper[k])

@@ -221,6 +221,7 @@ class _ConvPrefix:
         opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [0]) if model else 99
         self.zero_columns_cheap = opset >= DECODER_OPSET
         self.channels_removed: dict = {}
+        self.folded_cols = np.zeros(self.layers[-1].n_out, bool)  # last layer's units folded into the head
         self.inactive = [st.proven_inactive[k] & self.layers[k].is_relu for k in range(start)]
         self.proof = [np.asarray(st.proof[k]).copy() for k in range(start)]
         self.eps = [np.asarray(st.epsilon[k], dtype=np.float64).copy() for k in range(start)]
@@ -241,14 +242,16 @@ class _ConvPrefix:
             self.value.append(np.where(const, val, 0.0))
             in_const, in_val = const, self.value[-1]
 
-    def log(self, k: int, units: np.ndarray, why: str) -> None:
+    def log(self, k: int, units: np.ndarray, why: str, state: str = "constant") -> None:
+        """Removal entries for ``units`` of layer ``k``: a proven inactive unit with its proof, any other
+        with ``state`` and ``why``."""
         layer = self.layers[k]
         for i in units:
             inactive = bool(self.inactive[k][i])
             self.folder.removed.append({
                 "layer": layer.layer_id, "neuron": int(layer.neuron_ids[i]),
                 "unit": layer.unit_label(layer.neuron_ids[i]),
-                "state": "stably_inactive" if inactive else "constant",
+                "state": "stably_inactive" if inactive else state,
                 "proof": str(self.proof[k][i]) if inactive else why,
                 "epsilon": float(self.eps[k][i]) if inactive else 0.0})
 
@@ -340,12 +343,7 @@ class _ConvPrefix:
             return
         head = self.folder.layers[0]
         unread = ~head.w.any(axis=0)
-        folded = getattr(self, "folded_cols", np.zeros_like(unread))
-        for i in np.flatnonzero(unread & ~folded):
-            self.folder.removed.append({"layer": self.layers[k].layer_id,
-                                        "neuron": int(self.layers[k].neuron_ids[i]),
-                                        "unit": self.layers[k].unit_label(self.layers[k].neuron_ids[i]),
-                                        "state": "unused", "proof": "zero outgoing weights", "epsilon": 0.0})
+        self.log(k, np.flatnonzero(unread & ~self.folded_cols), "zero outgoing weights", state="unused")
         if unread.any() and (not self.zero_columns_cheap or int(unread.sum()) * head.w.shape[0] >= GATHER_MIN_MACS):
             self.drop_units(k, ~unread)
 

@@ -46,27 +46,28 @@ def run(net, ctx, opts: MilpOptions) -> PassResult:
     stability = Stability.start(net, ctx.get(Stability), ctx.get(ActivationStats))
     ctx.progress.layers(stability.state(net).progress(net))
     known, own = list(stability.findings), net.fingerprint()
+    mine = own  # the fingerprint of the network the proofs run on
     if net.has_conv:
-        # the solvers take explicit rows; the same units in the same order, so the findings carry over
+        # the solvers take explicit rows; the same units in the same order, so what is known carries over to
+        # the view, and what is proven there back
         view = dense_view(net)
         if view is None:
             ctx.warn("the convolutions are too large for the MILP stage's explicit rows; the neurons the bounds "
                      "left undecided are kept")
             return PassResult((stability,), entry={"message": "skipped: convolutions too large for explicit rows"})
-        net = view
-        # the same units in the same order: what is known carries over to the view, and what is proven back
-        known = [restamp(f, own, view.fingerprint()) for f in known]
+        net, mine = view, view.fingerprint()
+        known = [restamp(f, own, mine) for f in known]
     setup = ProofSetup(net, ctx.box.lo, ctx.box.hi, list(bounds.lower), list(bounds.upper), list(bounds.eps),
                        solver=opts.solver, threads=opts.threads, split_batch=opts.split_batch,
                        split_leaf_binaries=opts.split_leaf_binaries, split_leaf_seconds=opts.split_leaf_seconds,
                        split_min_width=opts.split_min_width, workers=ctx.workers(), progress=ctx.progress)
     seconds = ctx.deadline.remaining() if ctx.deadline.limited else DEFAULT_SECONDS
-    if own != net.fingerprint():
+    if mine != own:
         # building a MILP over thousands of explicit conv rows takes time the solver's limit does not see
         # (the LeNet fixture's stage ran 20 s past its share): leave it that much
         seconds *= CONV_MILP_SHARE
     found, entry = prove(setup, known, opts.stability_method, max(seconds, 0.01))
-    found = restamp(found, net.fingerprint(), own)
+    found = restamp(found, mine, own)
     for message in setup.warnings:
         ctx.warn(message)
     return PassResult((stability.extended(found),), entry=entry)

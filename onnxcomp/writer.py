@@ -113,44 +113,42 @@ def to_model(
     chain_nodes, chain_inits, chain_sparse, pre_outputs = [], [], [], []
     cur = ctx.chain_input
     first = net.layers[0]
+
+    def to_rows(cur: str) -> str:
+        """The chain input as [N, features] rows."""
+        if ctx.input_layout == ROWS and len(ctx.input_shape) > 2:
+            nxt = names("onnxcomp/flat")
+            chain_nodes.append(helper.make_node("Flatten", [cur], [nxt], axis=1, name=names("onnxcomp/flatten")))
+        elif ctx.input_layout == VECTOR:
+            shp, nxt = names("onnxcomp/row_shape"), names("onnxcomp/row")
+            chain_inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), shp))
+            chain_nodes.append(helper.make_node("Reshape", [cur, shp], [nxt], name=names("onnxcomp/to_row")))
+        elif ctx.input_layout == COLS:
+            nxt = names("onnxcomp/rows")
+            chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
+        else:
+            nxt = cur
+        return nxt
+
     if isinstance(first, Conv):
-        # a convolution reads the NCHW map: the input as it is, or reshaped to it (through a Gather of the
-        # features when the input is in another order, e.g. NHWC)
+        # a convolution reads the NCHW map: the input as it is, or its rows reshaped to it (through a Gather
+        # of the features when the input is in another order, e.g. NHWC)
         if not (ctx.input_layout == ROWS and tuple(ctx.input_shape[1:]) == first.in_shape) or first.in_perm:
-            if ctx.input_layout == COLS:
-                nxt = names("onnxcomp/rows")
-                chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
-                cur = nxt
             if first.in_perm is not None:
-                flat_in, idx, nxt = names("onnxcomp/flat_input"), names("onnxcomp/input_order"), names("onnxcomp/nchw")
-                if ctx.input_layout == VECTOR:
-                    shp = names("onnxcomp/row_shape")
-                    chain_inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), shp))
-                    chain_nodes.append(helper.make_node("Reshape", [cur, shp], [flat_in], name=names("onnxcomp/to_row")))
-                else:
-                    chain_nodes.append(helper.make_node("Flatten", [cur], [flat_in], axis=1,
-                                                        name=names("onnxcomp/flatten_input")))
+                cur = to_rows(cur)
+                idx, nxt = names("onnxcomp/input_order"), names("onnxcomp/nchw")
                 chain_inits.append(numpy_helper.from_array(np.asarray(first.in_perm, dtype=np.int64), idx))
-                chain_nodes.append(helper.make_node("Gather", [flat_in, idx], [nxt], axis=1,
+                chain_nodes.append(helper.make_node("Gather", [cur, idx], [nxt], axis=1,
                                                     name=names("onnxcomp/to_nchw_order")))
                 cur = nxt
+            elif ctx.input_layout == COLS:
+                cur = to_rows(cur)
             shp, nxt = names("onnxcomp/map_shape"), names("onnxcomp/map")
             chain_inits.append(numpy_helper.from_array(np.array((-1,) + first.in_shape, dtype=np.int64), shp))
             chain_nodes.append(helper.make_node("Reshape", [cur, shp], [nxt], name=names("onnxcomp/to_map")))
             cur = nxt
-    elif ctx.input_layout == ROWS and len(ctx.input_shape) > 2:
-        nxt = names("onnxcomp/flat")
-        chain_nodes.append(helper.make_node("Flatten", [cur], [nxt], axis=1, name=names("onnxcomp/flatten")))
-        cur = nxt
-    elif ctx.input_layout == VECTOR:
-        shp, nxt = names("onnxcomp/row_shape"), names("onnxcomp/row")
-        chain_inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), shp))
-        chain_nodes.append(helper.make_node("Reshape", [cur, shp], [nxt], name=names("onnxcomp/to_row")))
-        cur = nxt
-    elif ctx.input_layout == COLS:
-        nxt = names("onnxcomp/rows")
-        chain_nodes.append(helper.make_node("Transpose", [cur], [nxt], perm=[1, 0], name=names("onnxcomp/to_rows")))
-        cur = nxt
+    else:
+        cur = to_rows(cur)
 
     n = len(net.layers)
     direct_out = ctx.output_layout == ROWS

@@ -44,9 +44,8 @@ ISSUE_CIFAR = {  # issue 17's sampled figures (never active, always active) and 
 }
 
 
-def sampled_stable(path, box, n: int, seed: int = 0) -> dict:
+def sampled_stable(net, box, n: int, seed: int = 0) -> dict:
     """Per ReLU layer (IR index): (units never seen active, units never seen inactive) on samples of the box."""
-    net = read(path, conv=True)
     rng = np.random.default_rng(seed)
     never_on, never_off = {}, {}
     chunks = [box.sample(n, rng), np.vstack([(box.lo + box.hi) / 2, box.corners(64, rng)])]
@@ -97,7 +96,7 @@ def main(argv=None) -> None:
         for box_path in boxes[:1] if args.quick else boxes:
             net = read(path, conv=True)
             box = parse_domain(str(box_path), net.input_size)
-            sampled = sampled_stable(path, box, args.samples)
+            sampled = sampled_stable(net, box, args.samples)
             start = time.perf_counter()
             result = onnxcomp.compress(str(path), "stable", domain=str(box_path), time_limit=limit)
             wall = time.perf_counter() - start

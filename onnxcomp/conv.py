@@ -64,11 +64,14 @@ class Conv:
     op: str = "Conv"
     orig_channels: int = 0
     pool: tuple = ()
+    """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
+    zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
     in_perm: tuple | None = None
     """The first layer of a model whose input is not NCHW (a TF model's NHWC input and its Transpose): the
     convolution reads ``x[in_perm]`` of the flattened input; ``None`` otherwise."""
-    """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
-    zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
+    quant: object = None
+    """How the kernel is stored once quantized (``onnxcomp.ir.Quantization``, ``codes`` of the kernel's shape;
+    ``int8``: one scale per output channel); ``None``: plain floats.  ``kernel`` holds the dequantized values."""
 
     def __post_init__(self) -> None:
         k = np.asarray(self.kernel, dtype=np.float64)
@@ -96,6 +99,8 @@ class Conv:
         object.__setattr__(self, "pool", tuple(tuple(v) if isinstance(v, (list, tuple)) else int(v)
                                                for v in self.pool))
         object.__setattr__(self, "kernel", frozen_array(k))
+        if self.quant is not None and tuple(self.quant.codes.shape) != k.shape:
+            raise ValueError(f"Conv quantization codes {self.quant.codes.shape} do not match the kernel {k.shape}")
         ho, wo = conv_output_hw(in_shape[1:], k.shape[2:], self.strides, self.pads, self.dilations)
         if ho <= 0 or wo <= 0:
             raise ValueError(f"Conv output would be empty ({ho} x {wo})")
@@ -146,10 +151,6 @@ class Conv:
     @property
     def is_relu(self) -> bool:
         return self.activation == RELU
-
-    @property
-    def quant(self):
-        return None
 
     @cached_property
     def emitted(self) -> np.ndarray:
@@ -295,7 +296,10 @@ class Conv:
                 raise ValueError("channels of a grouped convolution go a whole group at a time")
             kept_groups = by_group[:, 0]
             in_keep = np.repeat(kept_groups, self.kernel.shape[1])
-        return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep],
+        q = self.quant
+        if q is not None:
+            q = replace(q, codes=q.codes[keep], scale=None if q.scale is None else q.scale[keep])
+        return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep], quant=q,
                        channel_ids=tuple(c for c, m in zip(self.channel_ids, keep) if m), units=units,
                        **({"in_shape": (int(in_keep.sum()),) + self.in_shape[1:], "group": int(kept_groups.sum())}
                           if group > 1 else {}))
@@ -306,7 +310,8 @@ class Conv:
             raise ValueError("input channels of a grouped convolution are removed with its output channels, "
                              "and the model input's are never removed")
         keep = np.asarray(keep, dtype=bool)
-        return replace(self, kernel=self.kernel[:, keep], in_shape=(int(keep.sum()),) + self.in_shape[1:])
+        q = None if self.quant is None else replace(self.quant, codes=self.quant.codes[:, keep])
+        return replace(self, kernel=self.kernel[:, keep], quant=q, in_shape=(int(keep.sum()),) + self.in_shape[1:])
 
     def keep_units(self, keep: np.ndarray) -> "Conv":
         """Only the emitted units in the boolean mask ``keep`` (over the current ``n_out``) stay outputs."""

@@ -255,3 +255,31 @@ def test_quantize_reaches_the_conv_kernels(tmp_path, args):
     else:
         assert all(l["distinct_values"] <= 16 and l["format"].endswith("/codebook4") for l in layers)
     assert out.stat().st_size < BN_AVG.stat().st_size * 0.5
+
+
+CIFAR = ROOT / "models" / "external" / "oval21" / "cifar_base_kw.onnx"
+CIFAR_BOX = next((ROOT / "models" / "external" / "oval21").glob("*.vnnlib"))
+
+
+def test_stable_then_lap_on_a_cnn_folds_first_then_prunes_the_kernels(tmp_path):
+    """``-p stable,lap`` on a CNN: the exact passes fold what is provably stable over the box (dead
+    channels, constant head inputs), then lookahead prunes the kernels and weights that are left."""
+    from typer.testing import CliRunner
+
+    from onnxcomp.cli import app
+
+    out, report_path = tmp_path / "c.onnx", tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["run", str(CIFAR), "-p", "stable,lap", "--sparsity", "0.5", "--domain",
+                                      str(CIFAR_BOX), "-o", str(out), "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    names = [p["name"] for p in report["passes"]]
+    assert names.index("fold") < names.index("lookahead") < names.index("prune")
+    fold = _entry(report, "fold")
+    assert report["model"]["after"]["widths"][1] < report["model"]["before"]["widths"][1]
+    prune = _entry(report, "prune")["layers"]
+    assert [l["kind"] for l in prune] == ["conv", "conv", "dense", "dense"]
+    # the prune pass sees the folded network: fewer weights than the original's
+    assert sum(l["weights"] for l in prune) < report["model"]["before"]["params"]
+    assert all(abs(l["sparsity"] - 0.5) < 0.01 for l in prune)
+    assert fold["removed_neurons"] > 0 and "channels removed" in fold["message"]

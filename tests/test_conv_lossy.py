@@ -283,3 +283,26 @@ def test_stable_then_lap_on_a_cnn_folds_first_then_prunes_the_kernels(tmp_path):
     assert sum(l["weights"] for l in prune) < report["model"]["before"]["params"]
     assert all(abs(l["sparsity"] - 0.5) < 0.01 for l in prune)
     assert fold["removed_neurons"] > 0 and "channels removed" in fold["message"]
+
+
+def test_a_budget_picks_the_strongest_kernel_pruning_that_meets_it_on_a_cnn(tmp_path):
+    """--max-drop on a CNN: the sparsity chosen meets the budget on the held-out half, a stronger one
+    does not on some half, and the report's per-class table covers the CNN's ten classes."""
+    test_data = ROOT / "models" / "data" / "mnist_test.npz"
+    from typer.testing import CliRunner
+
+    from onnxcomp.cli import app
+
+    out, report_path = tmp_path / "b.onnx", tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["run", str(LENET), "-p", "lap", "--max-drop", "1", "--data", str(test_data),
+                                      "-o", str(out), "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    budget = _entry(report, "prune")["budget"]
+    assert budget["held_out_meets"] and 0 < budget["level"] < 0.99
+    stronger = [t for t in budget["search"] if t["sparsity"] > budget["level"]]
+    assert stronger and not all(t["meets"] for t in stronger)
+    fidelity = report["fidelity"]
+    assert len(fidelity["per_class"]) == 10
+    held = budget["held_out"]
+    assert held["accuracy_before"] - held["accuracy_after"] <= 0.01 + 1e-9

@@ -29,14 +29,16 @@ The statistics are taken on the *unit view* of the activations ``j`` reads: rows
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from .calibration import CalibrationSet, Moments, chain_input_batches
 from .conv import is_conv
 from .ir import LINEAR, Network
 from .params import tunable
+
+if TYPE_CHECKING:  # the statistics' imports stay out of leo's (fold's) import path
+    from .calibration import CalibrationSet
 
 CHUNK_VALUES = 2_000_000
 """Largest activation batch (values, over all layers of one forward) held at once for unit statistics."""
@@ -120,6 +122,8 @@ def unit_batches(net: Network, calib: CalibrationSet, wanted: list[Span], salt: 
                  extra: tuple = ()) -> Iterator[tuple[int, dict]]:
     """(samples, {layer index: output}) per chunk of calibration inputs, for the ``read`` layers of
     ``wanted`` and the layers in ``extra``; chunks stay under :data:`CHUNK_VALUES` activation values."""
+    from .calibration import chain_input_batches
+
     need = {sp.read for sp in wanted} | set(extra)
     if not need:
         return
@@ -140,6 +144,7 @@ def unit_batches(net: Network, calib: CalibrationSet, wanted: list[Span], salt: 
 
 def unit_moments(net: Network, calib: CalibrationSet, wanted: list[Span]) -> dict:
     """``{k: Moments}`` of the unit view of every span in ``wanted`` over the calibration set."""
+    from .calibration import Moments
     from .errors import UsageError
 
     if calib.data is None and calib.box is None:

@@ -250,6 +250,29 @@ class Conv:
         return row[ok], col, vals[ok]
 
     @cached_property
+    def patches(self) -> np.ndarray:
+        """For every group, output position and kernel tap ``(ci, ky, kx)`` of the group: the input feature
+        it reads, ``-1`` where the tap lands in the padding; int array (group, H_out * W_out, cg * kh * kw).
+        ``x[:, patches[g]]`` (with a zero appended to ``x``) is the im2col matrix of group ``g``, so a
+        kernel's gradient is one matrix product per group."""
+        _, cg, kh, kw = self.kernel.shape
+        c_in, h, w = self.in_shape
+        ho, wo = self.out_hw
+        oy, ox = np.divmod(np.arange(ho * wo), wo)
+        ci, ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij"))
+        iy = oy[:, None] * self.strides[0] - self.pads[0] + ky[None, :] * self.dilations[0]
+        ix = ox[:, None] * self.strides[1] - self.pads[1] + kx[None, :] * self.dilations[1]
+        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        out = np.empty((self.group,) + iy.shape, dtype=np.int64)
+        for g in range(self.group):
+            col = ((g * cg + ci[None, :]) * h + iy) * w + ix
+            if self.in_perm is not None:
+                col = np.asarray(self.in_perm, dtype=np.int64)[np.where(ok, col, 0)]
+            out[g] = np.where(ok, col, -1)
+        out.flags.writeable = False
+        return out
+
+    @cached_property
     def bias(self) -> np.ndarray:
         return frozen_array(self.unit_bias.reshape(-1)[self.emitted])
 

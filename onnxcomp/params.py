@@ -61,39 +61,46 @@ class Neighbours:
 
     ``source[k]`` is an int array over layer ``k``'s *input slots* (a dense layer's input columns; a
     convolution's input channels) of the tunable layer each reads from (``-1``: the model input), and
-    ``unit[k]`` the unit of that layer (neuron or output channel).  Fixed layers (pooling, MaxPool parts,
-    per-channel scaling) pass each output channel's origin on from the input channels of its group.
+    ``unit[k]`` the unit of that layer (neuron or output channel), and ``gain[k]`` the factor the fixed
+    layers between scale it by (a BatchNormalization kept as a per-channel scaling: its ``|a|``, which the
+    LAP paper's Eq. 9 multiplies in; 1 through pooling).  Fixed layers (pooling, MaxPool parts, per-channel
+    scaling) pass each output channel's origin on from the input channels of its group.
     """
 
     def __init__(self, net) -> None:
         self.net = net
         self.source: list[np.ndarray] = []
         self.unit: list[np.ndarray] = []
-        out_src = out_unit = None  # the origin of each output unit (emitted order) of the previous layer
+        self.gain: list[np.ndarray] = []
+        out_src = out_unit = out_gain = None  # the origin of each output unit (emitted order) of the previous layer
         for k, layer in enumerate(net.layers):
             if k == 0:
                 n_slots = layer.in_shape[0] if is_conv(layer) else layer.n_in
-                src, unit = np.full(n_slots, -1), np.full(n_slots, -1)
+                src, unit, gain = np.full(n_slots, -1), np.full(n_slots, -1), np.ones(n_slots)
             elif is_conv(layer):
                 # the previous layer emits its full map (a convolution reads a whole map): channel c of this
                 # layer's input is channel c of that map
                 hw = layer.in_shape[1] * layer.in_shape[2]
-                src, unit = out_src[::hw].copy(), out_unit[::hw].copy()
+                src, unit, gain = out_src[::hw].copy(), out_unit[::hw].copy(), out_gain[::hw].copy()
             else:
-                src, unit = out_src.copy(), out_unit.copy()
+                src, unit, gain = out_src.copy(), out_unit.copy(), out_gain.copy()
             self.source.append(src)
             self.unit.append(unit)
+            self.gain.append(gain)
             if is_conv(layer):
                 if tunable(layer):
                     ch_src, ch_unit = np.full(layer.out_channels, k), np.arange(layer.out_channels)
+                    ch_gain = np.ones(layer.out_channels)
                 else:  # output channel o reads the input channels of its group: they share one origin
                     per_group = layer.out_channels // layer.group
                     first_in = (np.arange(layer.out_channels) // per_group) * layer.kernel.shape[1]
-                    ch_src, ch_unit = src[first_in], unit[first_in]
-                hw_out = layer.out_hw[0] * layer.out_hw[1]
-                out_src, out_unit = ch_src[layer.emitted // hw_out], ch_unit[layer.emitted // hw_out]
+                    ch_src, ch_unit, ch_gain = src[first_in], unit[first_in], gain[first_in]
+                    if layer.op == "Scale":
+                        ch_gain = ch_gain * np.abs(layer.kernel[:, 0, 0, 0])
+                at = layer.emitted // (layer.out_hw[0] * layer.out_hw[1])
+                out_src, out_unit, out_gain = ch_src[at], ch_unit[at], ch_gain[at]
             else:
-                out_src, out_unit = np.full(layer.n_out, k), np.arange(layer.n_out)
+                out_src, out_unit, out_gain = np.full(layer.n_out, k), np.arange(layer.n_out), np.ones(layer.n_out)
 
     def slot_of_weight(self, k: int) -> np.ndarray:
         """For every weight of tunable layer ``k`` (the tensor's shape), the input slot it reads."""
@@ -125,7 +132,7 @@ class Neighbours:
             w = np.asarray(tensors[j], dtype=np.float64)
             slots = self.slot_of_weight(j)
             mine = self.source[j][slots] == k
-            np.add.at(sq, self.unit[j][slots][mine], w[mine] ** 2)
+            np.add.at(sq, self.unit[j][slots][mine], (w * self.gain[j][slots])[mine] ** 2)
         return np.sqrt(sq)
 
     def back_factor(self, tensors: list, k: int) -> np.ndarray:
@@ -136,7 +143,7 @@ class Neighbours:
         for j in np.unique(self.source[k][self.source[k] >= 0]):
             mine = self.source[k] == j
             per_slot[mine] = self.incoming_norms(tensors, int(j))[self.unit[k][mine]]
-        return per_slot[slots]
+        return (per_slot * self.gain[k])[slots]
 
     def ahead_factor(self, tensors: list, k: int) -> np.ndarray:
         """For every weight of tunable layer ``k``: the outgoing norm of its output unit (1 at the last layer)."""

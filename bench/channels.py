@@ -9,8 +9,10 @@ machinery (``onnxcomp.dropping``: one ranking, then removal) is run twice on the
 * ``plain`` -- the same units deleted, nothing readjusted.
 
 Scores: ``magnitude`` (‖output kernel‖ · ‖weights reading the channel‖, per layer normalised, as
-``-p drop --score magnitude``) and ``dependence`` (LRE's greedy order, as ``-p lre``; its exactly dependent
-units come first and count toward the fraction, column ``lossless``).  Units: ``all`` ranks dense neurons
+``-p drop --score magnitude``), ``lap`` (the lookahead channel score, ``-p lookahead,drop --score lap``),
+``fisher`` (the Fisher channel saliency on the calib split, ``-p fisher,drop --score fisher``) and
+``dependence`` (LRE's greedy order, as ``-p lre``; its exactly dependent units come first and count toward
+the fraction, column ``lossless``).  Units: ``all`` ranks dense neurons
 and conv channels together (what ``--drop F`` does); ``channels`` drops conv output channels only (F of
 them) -- the setting that removes MACs.  Fitting uses the calib split (500 rows), accuracy is measured
 on the test split (1000 rows) with onnxruntime on the written model; latency is onnxruntime on the CPU,
@@ -38,7 +40,9 @@ from onnxcomp.conv import is_conv  # noqa: E402
 from onnxcomp.dependence import analyse  # noqa: E402
 from onnxcomp.dropping import drop_neurons, droppable, ranking  # noqa: E402
 from onnxcomp.channels import unit_count  # noqa: E402
+from onnxcomp.pipeline import Context, PassManager, spec_of  # noqa: E402
 from onnxcomp.reader import read  # noqa: E402
+from onnxcomp.scores import FisherScores, LookaheadScores  # noqa: E402
 from onnxcomp.writer import to_model  # noqa: E402
 
 MODELS = ["mnist_cnn_lenet", "mnist_cnn_bn_avg"]
@@ -103,9 +107,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         dep = analyse(net, calib)
         dep_s = time.perf_counter() - t0
+        ctx = Context(data=calib_npz["x"], labels=calib_npz["y"])
+        for analysis in ("lookahead", "fisher"):
+            PassManager().run_one(spec_of(analysis), net, ctx)
+        scores = {"lap": ctx.get(LookaheadScores), "fisher": ctx.get(FisherScores)}
         variants = [("-", "-", 0.0, "-", 0, net)]
-        for score in ("magnitude", "dependence"):
-            order, _ = ranking(net, score, dep if score == "dependence" else None, {})
+        for score in ("magnitude", "lap", "fisher", "dependence"):
+            order, _ = ranking(net, score, dep if score == "dependence" else None, scores)
             for units in ("all", "channels"):
                 pool = [c for c in order if units == "all" or is_conv(net.layers[c.k])]
                 total = sum(unit_count(net.layers[sp.k]) for sp in droppable(net) if units == "all" or sp.conv)

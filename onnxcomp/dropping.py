@@ -84,31 +84,12 @@ def unit_noun(net: Network) -> str:
     return "units (neurons and channels)" if net.has_conv else "neurons"
 
 
-def channel_magnitude(net: Network) -> list:
-    """Magnitude score of every unit of every tunable layer: ‖incoming weights‖ · ‖weights reading it‖ (a
-    convolution's output kernel and every weight of the next tunable layers that reads its channel, at
-    all positions; 1 for the last layer's outgoing), ``None`` for fixed layers."""
-    from .params import Neighbours, tensor, tunable
-
-    nb = Neighbours(net)
-    tensors = [tensor(layer) if tunable(layer) else None for layer in net.layers]
-    out = []
-    for k, layer in enumerate(net.layers):
-        if not tunable(layer):
-            out.append(None)
-            continue
-        going = nb.outgoing_norms(tensors, k)
-        incoming = nb.incoming_norms(tensors, k)
-        out.append(incoming * (going if going is not None else 1.0))
-    return out
-
-
 def neuron_scores(source: str, scores, net: Network):
     """(method, per-layer neuron scores) of a weight-score ``source``; refuses scores of another network."""
     from .scores import magnitude_scores
 
     if source == "magnitude":
-        return "magnitude", channel_magnitude(net) if net.has_conv else magnitude_scores(net).neurons
+        return "magnitude", magnitude_scores(net).neurons
     name = ANALYSIS_OF[source]
     if scores is None:
         raise UsageError(f"--score {source} needs the '{name}' analysis before this pass")

@@ -212,3 +212,36 @@ def test_lre_on_the_lenet_fixture_end_to_end(repo_root, tmp_path):
     y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert y.shape == (64, 10) and np.isfinite(y).all()
     onnx.checker.check_model(onnx.load(out))
+
+
+@pytest.mark.parametrize("score,analysis", [("lap", "lookahead"), ("fisher", "fisher"), ("magnitude", None)])
+def test_every_score_drops_channels_of_a_cnn(score, analysis):
+    """Fires for every score: the channel scores of ``lookahead`` / ``fisher`` / magnitude rank conv
+    channels with the dense neurons; a count is met exactly and channels are among what goes."""
+    rng = np.random.default_rng(11)
+    net = random_cnn(rng, pool1="max", pool2="none", where=0, extra=None)
+    x = rng.uniform(0, 1, size=(200, net.input_size))
+    ctx = Context(data=x, labels=rng.integers(0, 3, size=200), options={"drop": 4, "score": score})
+    new = PassManager().run(net, ([analysis] if analysis else []) + ["drop"], ctx)
+    removed = ctx.log[-1]["removed"]
+    assert len(removed) == 4 and any("channel" in r for r in removed)
+    assert sum(_channels(new)) < sum(_channels(net))
+
+
+def test_scores_without_channel_entries_are_refused():
+    """Doesn't fire: scores that hold no per-channel entry for a convolution, and settings beyond what a CNN
+    has, are refused in one line."""
+    from onnxcomp.errors import UsageError
+    from onnxcomp.scores import LookaheadScores
+
+    rng = np.random.default_rng(1)
+    net = random_cnn(rng, pool1="none", pool2="none", where=0, extra=None)
+    per_unit = [np.ones(layer.n_out) for layer in net.layers]  # per output unit, not per channel
+    scores = LookaheadScores("lap", [None] * len(net.layers), per_unit, net)
+    with pytest.raises(UsageError, match="per-channel"):
+        ranking(net, "lap", None, {"lap": scores})
+    x = rng.uniform(size=(20, net.input_size))
+    with pytest.raises(UsageError, match=r"--drop 1.5: .*units \(neurons and channels\)"):
+        PassManager().run(net, ["drop"], Context(data=x, options={"drop": 1.5, "score": "magnitude"}))
+    with pytest.raises(UsageError, match=r"--drop 999: at most \d+ of the \d+ hidden units"):
+        PassManager().run(net, ["drop"], Context(data=x, options={"drop": 999, "score": "magnitude"}))

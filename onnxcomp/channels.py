@@ -4,7 +4,8 @@ the next tunable layer readjusted (the machinery ``dependence`` and ``drop`` sha
 
 A removable unit lives in a *span* ``k .. j``: the tunable layer ``k`` that computes it, the fixed layers
 ``k+1 .. j-1`` that carry its channels one group per channel (pooling, the parts of a MaxPool, per-channel
-scaling: channel ``c`` of their output depends on channel ``c`` of ``k`` only), and the tunable layer ``j``
+scaling, a depthwise convolution: channel ``c`` of their output depends on channel ``c`` of ``k`` only; a
+carrier's own channels are not units of their own), and the tunable layer ``j``
 that reads them (a dense layer reads all positions of a channel as columns, channel-major as ONNX's
 Flatten orders them; a convolution reads the channel as one input channel of its kernel).  For a dense
 ``k`` the span is just ``k, k + 1``.

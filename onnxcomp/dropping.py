@@ -1,4 +1,6 @@
-"""Removing whole hidden neurons (the ``drop`` pass's machinery): Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted.
+"""Removing whole hidden units (the ``drop`` pass's machinery): Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted;
+on a convolutional network also Conv_k(C) → Conv_k(C − m), output channels with their pooling, the next
+tunable layer readjusted channel-wise (``onnxcomp.channels`` holds the removal and its algebra).
 
 Removing the set ``J`` of neurons of hidden layer ``k`` (keeping ``H``) deletes their rows of ``W_k, b_k``
 and replaces their contribution to the next layer by its best affine prediction from the kept neurons,
@@ -21,7 +23,11 @@ its greedy order) always come first; the rest follow the score (option ``score``
   scores are in the units of each layer's own weights and would not compare across layers otherwise;
 * ``auto`` -- ``dependence`` when it ran, else ``fisher``, else ``lap``, else ``magnitude``.
 
-Each hidden layer keeps at least one neuron.  Strength (option ``drop``): a fraction ``0 < f < 1`` of
+On a CNN the ranking holds dense neurons and conv output channels together (``channels.spans``: every
+tunable layer but the last whose units can go), scores normalised per layer as above; a channel's
+statistics are over samples × positions of the map the next tunable layer reads.
+
+Each hidden layer keeps at least one neuron (channel).  Strength (option ``drop``): a fraction ``0 < f < 1`` of
 the hidden neurons or a count ``>= 1``; with a fidelity budget the strongest count meeting it is searched
 (``lossy.apply_with_budget``); with neither, only the lossless neurons are dropped.  Layers are readjusted
 first to last, each on the activations of the network as already changed; the statistics are fitted on

@@ -1,7 +1,7 @@
 """``dependence`` and ``drop`` on convolutional networks: a convolution's units are its output channels.
 
 An exactly dependent channel (a copy, a scaled copy, a zero or a constant channel) is found over samples ×
-positions and removed losslessly -- through average and max pooling, into a padded next convolution (whose
+positions and removed losslessly -- through average and max pooling and an unfolded per-channel scaling, into a padded next convolution (whose
 bias becomes position-dependent) or a dense head -- and the written ONNX computes the IR; a count removes
 exactly that many units; the LRE readjustment beats plain removal; the CLI pipeline ``-p lre`` runs end to
 end on the LeNet fixture."""
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from builders import assert_same, run_ort
 from onnxcomp.api import compress
 from onnxcomp.channels import Span, remove_units, spans
-from onnxcomp.conv import Conv, average_pool, is_conv, max_pool
+from onnxcomp.conv import Conv, affine_channels, average_pool, is_conv, max_pool
 from onnxcomp.dependence import Dependence
 from onnxcomp.dropping import drop_neurons, ranking
 from onnxcomp.calibration import CalibrationSet
@@ -29,6 +29,9 @@ LENET = "models/mnist_cnn_lenet.onnx"
 
 
 def _pool(kind: str, shape: tuple) -> list:
+    if kind == "scale":  # a BatchNormalization that could not fold: per-channel scale and shift
+        c = shape[0]
+        return [affine_channels(shape, np.linspace(0.5, 2.0, c), np.linspace(-0.3, 0.3, c))]
     if kind == "avg":
         return [average_pool(shape, (2, 2), (2, 2), (0, 0, 0, 0))]
     if kind == "max":
@@ -73,7 +76,7 @@ def _channels(net: Network) -> list:
     return [layer.out_channels for layer in net.layers if is_conv(layer) and layer.op == "Conv"]
 
 
-pools = st.sampled_from(["none", "avg", "max"])
+pools = st.sampled_from(["none", "avg", "max", "scale"])
 
 
 @settings(max_examples=60, deadline=None)

@@ -73,6 +73,11 @@ def run(net, ctx, opts: DropOptions) -> PassResult:
     else:
         shape = (f"channels {list(entry['channels_before'].values())} -> {list(entry['channels_after'].values())}, "
                  f"MACs {net.macs:,} -> {new.macs:,}" if net.has_conv else f"widths {net.widths} -> {new.widths}")
+        by_layer: dict = {}
+        for r in removed:
+            if "channel" in r:
+                by_layer.setdefault(r["layer"], []).append(r["channel"])
+        gone = "; ".join(f"layer {lid} channels {sorted(chs)}" for lid, chs in by_layer.items())
         entry["message"] = (f"dropped {len(removed)} of {total} hidden {noun} ({n_exact} lossless, "
-                            f"{len(removed) - n_exact} by {method} score): {shape}")
+                            f"{len(removed) - n_exact} by {method} score): {shape}" + (f" ({gone})" if gone else ""))
     return PassResult(network=new, entry=entry)

@@ -255,3 +255,54 @@ def test_quantize_reaches_the_conv_kernels(tmp_path, args):
     else:
         assert all(l["distinct_values"] <= 16 and l["format"].endswith("/codebook4") for l in layers)
     assert out.stat().st_size < BN_AVG.stat().st_size * 0.5
+
+
+CIFAR = ROOT / "models" / "external" / "oval21" / "cifar_base_kw.onnx"
+CIFAR_BOX = next((ROOT / "models" / "external" / "oval21").glob("*.vnnlib"))
+
+
+def test_stable_then_lap_on_a_cnn_folds_first_then_prunes_the_kernels(tmp_path):
+    """``-p stable,lap`` on a CNN: the exact passes fold what is provably stable over the box (dead
+    channels, constant head inputs), then lookahead prunes the kernels and weights that are left."""
+    from typer.testing import CliRunner
+
+    from onnxcomp.cli import app
+
+    out, report_path = tmp_path / "c.onnx", tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["run", str(CIFAR), "-p", "stable,lap", "--sparsity", "0.5", "--domain",
+                                      str(CIFAR_BOX), "-o", str(out), "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    names = [p["name"] for p in report["passes"]]
+    assert names.index("fold") < names.index("lookahead") < names.index("prune")
+    fold = _entry(report, "fold")
+    assert report["model"]["after"]["widths"][1] < report["model"]["before"]["widths"][1]
+    prune = _entry(report, "prune")["layers"]
+    assert [l["kind"] for l in prune] == ["conv", "conv", "dense", "dense"]
+    # the prune pass sees the folded network: fewer weights than the original's
+    assert sum(l["weights"] for l in prune) < report["model"]["before"]["params"]
+    assert all(abs(l["sparsity"] - 0.5) < 0.01 for l in prune)
+    assert fold["removed_neurons"] > 0 and "channels removed" in fold["message"]
+
+
+def test_a_budget_picks_the_strongest_kernel_pruning_that_meets_it_on_a_cnn(tmp_path):
+    """--max-drop on a CNN: the sparsity chosen meets the budget on the held-out half, a stronger one
+    does not on some half, and the report's per-class table covers the CNN's ten classes."""
+    test_data = ROOT / "models" / "data" / "mnist_test.npz"
+    from typer.testing import CliRunner
+
+    from onnxcomp.cli import app
+
+    out, report_path = tmp_path / "b.onnx", tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["run", str(LENET), "-p", "lap", "--max-drop", "1", "--data", str(test_data),
+                                      "-o", str(out), "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    budget = _entry(report, "prune")["budget"]
+    assert budget["held_out_meets"] and 0 < budget["level"] < 0.99
+    stronger = [t for t in budget["search"] if t["sparsity"] > budget["level"]]
+    assert stronger and not all(t["meets"] for t in stronger)
+    fidelity = report["fidelity"]
+    assert len(fidelity["per_class"]) == 10
+    held = budget["held_out"]
+    assert held["accuracy_before"] - held["accuracy_after"] <= 0.01 + 1e-9

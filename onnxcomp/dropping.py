@@ -52,6 +52,9 @@ from .errors import UsageError
 from .ir import Network
 
 SOURCES = ("auto", "dependence", "fisher", "lap", "magnitude")
+UNITS = ("all", "channels", "neurons")
+"""Which units ``drop`` may remove: every hidden unit, conv output channels only (what removes a CNN's
+MACs), or dense neurons only."""
 ANALYSIS_OF = {"dependence": "dependence", "fisher": "fisher", "lap": "lookahead"}
 
 
@@ -80,14 +83,17 @@ def parse_drop(value, total: int, cap: int, noun: str = "neurons") -> int:
     return count
 
 
-def droppable(net: Network) -> list[Span]:
+def droppable(net: Network, units: str = "all") -> list[Span]:
     """The layers whose units ``drop`` may remove, with the layer that reads them (``channels.spans``): on a
-    dense network every hidden layer; on a convolutional one also each convolution's output channels."""
-    return spans(net)
+    dense network every hidden layer; on a convolutional one also each convolution's output channels
+    (``units``: only the convolutions' or only the dense layers', see :data:`UNITS`)."""
+    return [sp for sp in spans(net) if units == "all" or sp.conv == (units == "channels")]
 
 
-def unit_noun(net: Network) -> str:
-    return "units (neurons and channels)" if net.has_conv else "neurons"
+def unit_noun(net: Network, units: str = "all") -> str:
+    if units == "channels":
+        return "conv channels"
+    return "units (neurons and channels)" if net.has_conv and units == "all" else "neurons"
 
 
 def neuron_scores(source: str, scores, net: Network):
@@ -128,28 +134,31 @@ def _why_lossless(layer, d, pos: int, samples: int, kept: set) -> str:
             f"(outgoing weights {d.outgoing[pos]:.1e})")
 
 
-def ranking(net: Network, source: str, dep: Dependence | None, scores: dict) -> tuple[list[Candidate], str]:
+def ranking(net: Network, source: str, dep: Dependence | None, scores: dict,
+            units: str = "all") -> tuple[list[Candidate], str]:
     """All droppable hidden units (neurons, and output channels of convolutions), lossless ones first, in
     the order they would be dropped, and the score method used.  ``source`` is the ``--score`` value
     (``auto`` resolved by the caller's annotations), ``dep`` the ``dependence`` annotation when it describes
-    ``net``, ``scores`` maps ``fisher``/``lap`` to their annotations (or ``None``)."""
+    ``net``, ``scores`` maps ``fisher``/``lap`` to their annotations (or ``None``); ``units`` restricts
+    the candidates (:data:`UNITS`)."""
     if source == "auto":
         source = "dependence" if dep is not None else next(
             (s for s in ("fisher", "lap") if scores.get(s) is not None), "magnitude")
     if source == "dependence" and dep is None:
         raise UsageError("--score dependence needs the 'dependence' analysis before this pass (e.g. -p lre)")
-    hidden = [sp.k for sp in droppable(net)]
+    hidden = [sp.k for sp in droppable(net, units)]
     cands: list[Candidate] = []
     lossless: set = set()
+    analysed = [d for d in dep.layers if d.layer in hidden] if dep is not None else []
     if dep is not None:
-        for d in dep.layers:
+        for d in analysed:
             for pos in d.exact_neurons:
                 cands.append(Candidate(d.layer, pos, 0.0, True, ""))  # explained once the kept set is known
                 lossless.add((d.layer, pos))
     rest: list[Candidate] = []
     if source == "dependence":
         method = "dependence"
-        for d in dep.layers:
+        for d in analysed:
             # keys made non-decreasing along each layer's greedy order, so the global sort keeps that order
             keys = np.maximum.accumulate(d.order_cost_rel)
             for t, pos in enumerate(d.order):

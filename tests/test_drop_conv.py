@@ -248,3 +248,30 @@ def test_scores_without_channel_entries_are_refused():
         PassManager().run(net, ["drop"], Context(data=x, options={"drop": 1.5, "score": "magnitude"}))
     with pytest.raises(UsageError, match=r"--drop 999: at most \d+ of the \d+ hidden units"):
         PassManager().run(net, ["drop"], Context(data=x, options={"drop": 999, "score": "magnitude"}))
+
+
+@pytest.mark.parametrize("units", ["channels", "neurons"])
+def test_drop_units_restricts_what_goes(units):
+    """``--drop-units channels`` removes conv output channels only (the MACs go), ``neurons`` dense neurons
+    only (the convolutions stay whole); the default ranks both."""
+    rng = np.random.default_rng(5)
+    net = random_cnn(rng, pool1="avg", pool2="none", where=0, extra=None)
+    x = rng.uniform(0, 1, size=(200, net.input_size))
+    ctx = Context(data=x, options={"drop": 2, "score": "magnitude", "drop_units": units})
+    new = PassManager().run(net, ["drop"], ctx)
+    removed = ctx.log[-1]["removed"]
+    assert len(removed) == 2 and all(("channel" in r) == (units == "channels") for r in removed)
+    if units == "channels":
+        assert sum(_channels(new)) == sum(_channels(net)) - 2 and new.layers[-2].n_out == net.layers[-2].n_out
+    else:
+        assert _channels(new) == _channels(net) and new.layers[-2].n_out == net.layers[-2].n_out - 2
+
+
+def test_drop_units_channels_on_a_dense_network_is_refused():
+    from onnxcomp.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    net = Network((Dense(rng.normal(size=(5, 4)), np.zeros(5)), Dense(rng.normal(size=(2, 5)), np.zeros(2), LINEAR)), 4)
+    with pytest.raises(UsageError, match="--drop-units channels: this network has no convolution output channels"):
+        PassManager().run(net, ["drop"], Context(data=rng.normal(size=(20, 4)),
+                                                 options={"drop": 1, "drop_units": "channels"}))

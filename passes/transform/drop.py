@@ -10,7 +10,7 @@ from onnxcomp.budget import choose
 from onnxcomp.channels import unit_count
 from onnxcomp.dependence import Dependence
 from onnxcomp.errors import UsageError
-from onnxcomp.dropping import SOURCES, droppable, drop_neurons, parse_drop, ranking, removals, unit_noun
+from onnxcomp.dropping import SOURCES, UNITS, droppable, drop_neurons, parse_drop, ranking, removals, unit_noun
 from onnxcomp.options import option
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.scores import FisherScores, LookaheadScores
@@ -23,6 +23,8 @@ class DropOptions:
     drop: float | None = option(None, "fraction (0 < f < 1) or count of hidden neurons (and conv channels) to remove", min=0.0)
     score: str = option("auto", "weight score: magnitude, lap or fisher (drop also: dependence, auto); default: the "
                         "scoring analysis that ran", choices=SOURCES)
+    drop_units: str = option("all", "which units drop removes: all, channels (conv output channels only: what "
+                             "removes a CNN's MACs) or neurons (dense layers only)", choices=UNITS)
 
 
 def _requires(opts: DropOptions) -> tuple:
@@ -40,10 +42,14 @@ def run(net, ctx, opts: DropOptions) -> PassResult:
             raise UsageError(message + "; run it right before 'drop'")
         ctx.warn(message + "; drop ignores it")
         dep = None
-    order, method = ranking(net, opts.score, dep, {"fisher": ctx.get(FisherScores), "lap": ctx.get(LookaheadScores)})
-    sps = droppable(net)
+    order, method = ranking(net, opts.score, dep, {"fisher": ctx.get(FisherScores), "lap": ctx.get(LookaheadScores)},
+                            opts.drop_units)
+    sps = droppable(net, opts.drop_units)
+    if not sps and opts.drop_units != "all":
+        what = "convolution output channels" if opts.drop_units == "channels" else "dense hidden neurons"
+        raise UsageError(f"--drop-units {opts.drop_units}: this network has no {what} that drop can remove")
     total = sum(unit_count(net.layers[sp.k]) for sp in sps)
-    noun = unit_noun(net)
+    noun = unit_noun(net, opts.drop_units)
     n_lossless = sum(1 for c in order if c.lossless)
     calib, cache = ctx.calibration(), {}
 
@@ -64,8 +70,9 @@ def run(net, ctx, opts: DropOptions) -> PassResult:
                  # every removal was lossless: the output equals the input network's up to float rounding
                  all_lossless=n_exact == len(removed), changed=new is not net)
     if net.has_conv:
-        entry["channels_before"] = {net.layers[sp.k].layer_id: net.layers[sp.k].out_channels for sp in sps if sp.conv}
-        entry["channels_after"] = {new.layers[sp.k].layer_id: new.layers[sp.k].out_channels for sp in sps if sp.conv}
+        convs = [sp for sp in droppable(net, "channels")]
+        entry["channels_before"] = {net.layers[sp.k].layer_id: net.layers[sp.k].out_channels for sp in convs}
+        entry["channels_after"] = {new.layers[sp.k].layer_id: new.layers[sp.k].out_channels for sp in convs}
         entry["macs_before"], entry["macs_after"] = net.macs, new.macs
     if not removed:
         hint = "" if dep is not None else " (run 'dependence' first, e.g. -p lre, to find lossless ones)"

@@ -113,6 +113,12 @@ def test_every_readme_command_succeeds(scratch):
     assert {layer["kind"] for layer in quant["layers"]} == {"conv", "dense"}
     assert (f"{quant['bits']} bits, and the file goes from {lenet['model']['before']['file_bytes'] / 1024:.1f} KB to "
             f"{lenet['model']['after']['file_bytes'] / 1024:.1f} KB") in text
+    lre = json.loads((scratch / "lenet_lre.json").read_text())
+    drop = next(p for p in lre["passes"] if p["name"] == "drop")
+    total = sum(drop["channels_before"].values())
+    exact = "one" if drop["lossless_removed"] == 1 else str(drop["lossless_removed"])
+    assert (f"{len(drop['removed'])} of the {total}, {exact} of them exactly dependent, and the MACs go from "
+            f"{drop['macs_before']:,} to {drop['macs_after']:,}") in text
 
 
 def test_acas_numbers_quoted_in_readme_are_what_the_tool_reports(scratch):

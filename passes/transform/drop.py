@@ -20,7 +20,8 @@ SCORES = {"dependence": Dependence, "fisher": FisherScores, "lap": LookaheadScor
 
 @dataclass(frozen=True)
 class DropOptions:
-    drop: float | None = option(None, "fraction (0 < f < 1) or count of hidden neurons (and conv channels) to remove", min=0.0)
+    drop: float | None = option(None, "fraction (0 < f < 1) or count of hidden neurons (and conv channels) to "
+                                "remove", min=0.0)
     score: str = option("auto", "weight score: magnitude, lap or fisher (drop also: dependence, auto); default: the "
                         "scoring analysis that ran", choices=SOURCES)
     drop_units: str = option("all", "which units drop removes: all, channels (conv output channels only: what "
@@ -31,7 +32,8 @@ def _requires(opts: DropOptions) -> tuple:
     return (SCORES[opts.score],) if opts.score in SCORES else ()
 
 
-@register("drop", conv=True, kind=LOSSY, options=DropOptions, requires=_requires, uses=(Dependence, FisherScores, LookaheadScores),
+@register("drop", conv=True, kind=LOSSY, options=DropOptions, requires=_requires,
+          uses=(Dependence, FisherScores, LookaheadScores),
           summary="remove whole hidden neurons or conv channels, the next layer readjusted by least squares (LRE)",
           paper="LRE-AMC §3.3")
 def run(net, ctx, opts: DropOptions) -> PassResult:

@@ -95,8 +95,9 @@ def test_property_inserted_duplicate_is_found_and_dropping_it_changes_nothing(se
     layer = net.layers[k]
     dup = insert_neuron(net, k, scale * layer.weight[m], scale * layer.bias[m])
     _, pres = dup.forward(x, preactivations=True)
-    # a network whose neurons are each on and off on some samples has no dependent neuron but the twin
-    assume(not any(((p > 0).all(0) | (p <= 0).all(0)).any() for p in pres[:-1]))
+    # a network whose neurons are each on and off on several samples has no dependent neuron but the twin
+    # (one active on a single sample of 300, with a tiny value, is numerically a constant: seed 200)
+    assume(all(((p > 0).sum(0) >= 5).all() and ((p <= 0).sum(0) >= 5).all() for p in pres[:-1]))
     ctx = Context(data=x)
     small = PassManager().run(dup, ["dependence", "drop"], ctx)
     d = ctx.get(Dependence).layers[k]

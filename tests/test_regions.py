@@ -22,7 +22,6 @@ from onnxcomp.stability.common import ProofSetup
 from onnxcomp.stability.regions import allowances, cut, explore, regions, supports, vertex_ranges
 from onnxcomp.stability.state import empty_state, epsilons, witness_floor
 from onnxcomp.timing import Deadline
-from onnxcomp.writer import to_model
 
 from builders import random_network
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,6 +48,9 @@ REGION_MAX_DIMS = 2
 """The regions search runs on networks with at most this many inputs."""
 WITNESS_BATCH = 256
 """Candidate witnesses confirmed by one batched forward pass."""
+MAX_PENDING_BYTES = 512 * 2 ** 20
+"""The search stops (unfinished, nothing claimed beyond the layers it finished) when the pieces waiting to be
+taken would hold more than this (each keeps the affine map of its layer's input)."""
 
 
 def supports(net: Network) -> bool:
@@ -107,7 +110,6 @@ class RegionOutcome:
     ties: int = 0
     seconds: float = 0.0
     complete: bool = True
-    open_pieces: list = field(default_factory=list)
 
 
 def explore(net: Network, lo: np.ndarray, hi: np.ndarray, open_p: list, open_q: list, floor: list,
@@ -161,11 +163,13 @@ def explore(net: Network, lo: np.ndarray, hi: np.ndarray, open_p: list, open_q: 
 
     seq = 0
     heap = [(0, seq, root, np.eye(2), np.zeros(2), {})]
+    pending = 0  # bytes held by the pieces in the heap
     while heap:
-        if deadline.expired():
+        if deadline.expired() or pending > MAX_PENDING_BYTES:
             out.complete = False
             break
         k, _, verts, mat, off, forced = heapq.heappop(heap)
+        pending -= verts.nbytes + mat.nbytes + off.nbytes
         out.pieces += 1
         while k <= last:
             a = weights[k] @ mat
@@ -182,9 +186,10 @@ def explore(net: Network, lo: np.ndarray, hi: np.ndarray, open_p: list, open_q: 
                     left, right = cut(verts, vals[:, i])
                     out.cuts += 1
                     for side, part in ((-1, left), (1, right)):
-                        if len(part) >= 3:
+                        if len(part) >= 3:  # (a child of two points lies in the other one)
                             seq += 1
                             heapq.heappush(heap, (k, seq, part, mat, off, {**forced, i: side}))
+                            pending += part.nbytes + mat.nbytes + off.nbytes
                     break
                 np.maximum(upper[k], zmax, out=upper[k])
                 np.minimum(lower[k], zmin, out=lower[k])
@@ -211,7 +216,6 @@ def explore(net: Network, lo: np.ndarray, hi: np.ndarray, open_p: list, open_q: 
             confirm()
     confirm()
     out.finished = (heap[0][0] - 1) if heap else n_layers - 1
-    out.open_pieces = [(h[0], h[2]) for h in heap]
     out.seconds = time.perf_counter() - start
     return out
 

@@ -150,6 +150,11 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
             setup.progress.layers(merged.progress(net))
         return merged
 
+    def trace(merged: StabilityState) -> None:
+        """A point of the proofs' trace (undecided neurons over time; ``feasibility`` adds its own)."""
+        entry.setdefault("feasibility_progress", []).append(
+            {"seconds": round(elapsed(), 2), "undecided": merged.counts(net)["undecided"]})
+
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS
     if not open_count(setup, state):
@@ -160,6 +165,7 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
         state = record(per_neuron(setup, state, time_limit, entry))
     elif method == "regions" and supports(net):
         state = record(regions(setup, state, time_limit, entry))
+        trace(state)
     elif method == "regions":
         setup.warn(f"--stability-method regions needs a network of at most {REGION_MAX_DIMS} inputs without "
                    f"convolutions (this one has {net.input_size} inputs): input splitting (split) used instead")
@@ -173,6 +179,7 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
             # at most two inputs: the exact regions usually decide everything in seconds; what they leave at
             # their share of the time goes to the box split and the per-side proofs with the time left
             state = record(regions(setup, state, time_limit * REGIONS_SHARE, entry))
+            trace(state)
         # a short split (often all it takes), then the per-side proofs on what is left with half the
         # remaining time, then the split goes on (from its unfinished pieces).
         if open_count(setup, state) and time_limit - elapsed() > 0.5:

@@ -26,11 +26,11 @@ Methods (``--stability-method``):
   It converges (the regions are cells of the network's own boundary arrangement), so it decides every
   neuron, ties at exactly 0 included (TLL N = 16, 1020 neurons, in seconds); on wider inputs the regions
   multiply too fast and the box ``split`` is used.
-* ``auto``: for at most two inputs, ``regions`` first (whatever it leaves at its time limit goes to the
-  schedule below with the time left); for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
-  then ``feasibility`` on what is left (half the remaining time), then ``split`` goes on from its
-  unfinished pieces with the rest, and ``feasibility`` again with whatever time the split leaves; for
-  larger inputs, ``feasibility``.
+* ``auto``: for at most two inputs, ``regions`` first with half the time (what it leaves goes on to the
+  schedule of low-dimensional inputs with the time left); for inputs of at most 8 dimensions, a short
+  ``split`` (a quarter of the time, at most 30 s), then ``feasibility`` on what is left (half the
+  remaining time), then ``split`` goes on from its unfinished pieces with the rest, and ``feasibility``
+  again with whatever time the split leaves; for larger inputs, ``feasibility``.
 
 Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
 (``state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
@@ -182,8 +182,8 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
             trace(state)
         # a short split (often all it takes), then the per-side proofs on what is left with half the
         # remaining time, then the split goes on (from its unfinished pieces).
-        if open_count(setup, state) and time_limit - elapsed() > 0.5:
-            left = time_limit - elapsed()
+        if open_count(setup, state):
+            left = max(time_limit - elapsed(), 0.0)
             first_split = split(setup, state, min(left / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
             state = record(first_split)
             if open_count(setup, state):

@@ -27,6 +27,9 @@ Strategies (``--strategies``, comma-separated):
                inputs per layer SCIP MILPs (1..10 s) then bab (1..10 s), later rounds SCIP (>= 30 s)
   bab+milp     per layer bab (1..10 s) then SCIP MILPs (5..30 s), second round bab
   noalpha      auto without alpha-CROWN (CROWN bounds only): what the optimised slopes are worth
+  regions      lever 5 (issue 18), networks of at most two inputs: the exact linear regions alone
+               (``stability.regions.explore``: polygons cut along ReLU boundaries, ranges at the vertices),
+               every hidden neuron's two sides open, no sampling and no bounds before it
 
 ``--workers N`` runs N per-side units at once (process pool; 1 = serial).  Results accumulate in
 ``bench/out/levers.jsonl`` (one line per run); ``--report-only`` prints the table from it.  Nothing is
@@ -46,6 +49,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -99,6 +104,8 @@ def child(case: str, strategy: str, time_limit: float, workers: int) -> dict:
     model, domain = CASES[case]
     net = read(model)
     box = parse_domain(str(domain), net.input_size)
+    if strategy == "regions":
+        return regions_child(case, net, box, time_limit)
     kwargs = dict(STRATEGIES[strategy])
     pool = None
     if workers > 1:
@@ -132,6 +139,45 @@ def child(case: str, strategy: str, time_limit: float, workers: int) -> dict:
                         "open_after": s["open_after"], "seconds": round(s["seconds"], 1),
                         "median_side": round(s.get("median_side", 0.0), 2), "max_side": round(s.get("max_side", 0.0), 1)}
                        for s in st.stages]}
+
+
+def regions_child(case: str, net, box, time_limit: float) -> dict:
+    """Lever 5: the regions search on its own, every hidden neuron's sides open."""
+    from onnxcomp.stability.regions import allowances, explore, supports
+    from onnxcomp.stability.state import epsilons, witness_floor
+    from onnxcomp.timing import Deadline
+
+    hidden = [k for k in range(len(net.layers) - 1) if net.layers[k].is_relu]
+    rec = {"case": case, "strategy": "regions", "time_limit": time_limit, "workers": 1,
+           "neurons": sum(net.layers[k].n_out for k in hidden)}
+    if not supports(net):
+        return dict(rec, error=f"{net.input_size} inputs: the regions search needs at most 2")
+    n = len(net.layers) - 1
+    eps = epsilons(net, box.lo, box.hi)
+    every = [np.full(layer.n_out, layer.is_relu) for layer in net.layers[:n]]
+    none = [np.zeros(layer.n_out, bool) for layer in net.layers]
+    t0 = time.monotonic()
+    found = explore(net, box.lo, box.hi, every, [m.copy() for m in every], witness_floor(eps)[:n], none, none,
+                    Deadline(time_limit))
+    wall = time.monotonic() - t0
+    _, allow = allowances(net, box.lo, box.hi)
+    counts = dict.fromkeys(("stably_inactive", "stably_active", "unstable", "undecided"), 0)
+    certs: dict = {}
+    for k in hidden:
+        done = k <= found.finished
+        top, bottom = found.upper[k] + allow[k], found.lower[k] - allow[k]
+        inactive = done & ~found.seen_active[k] & (top < eps[k])
+        active = done & ~found.seen_inactive[k] & (bottom > -eps[k]) & ~inactive
+        unstable = found.seen_active[k] & found.seen_inactive[k]
+        counts["stably_inactive"] += int(inactive.sum())
+        counts["stably_active"] += int(active.sum())
+        counts["unstable"] += int(unstable.sum())
+        counts["undecided"] += int((~inactive & ~active & ~unstable).sum())
+        exact = int((inactive & (top <= 0)).sum() + (active & (bottom >= 0)).sum())
+        certs["split"] = certs.get("split", 0) + exact
+        certs["split-epsilon"] = certs.get("split-epsilon", 0) + int((inactive | active).sum()) - exact
+    return dict(rec, bounds=0, witness_open=None, **counts, wall=round(wall, 1), stages={"regions": round(wall, 1)},
+                certificates=certs, pieces=found.pieces, cuts=found.cuts, complete=found.complete)
 
 
 def baseline(case: str, time_limit: float, root: Path) -> dict:

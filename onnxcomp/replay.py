@@ -9,7 +9,8 @@ or active over the domain, how that was proven, and the margin epsilon it holds 
    neurons than the ones the candidate lacks, fails here;
 2. **claims** — every claim is proven again, independently of the run and by other means than the ones
    that found it: sound bounds recomputed on the reference (claims a bound shows exactly, or within its
-   epsilon); every other claim (MILP, input splitting) by a *per-side feasibility MILP* on HiGHS ("is there
+   epsilon); on networks of at most two inputs, by the ranges of the network's linear regions, read off
+   forward passes at the regions' vertices; every other claim (MILP, input splitting) by a *per-side feasibility MILP* on HiGHS ("is there
    an input of the box with ``y >= eps``?" must be infeasible), layer by layer, with the claims of earlier
    layers already re-proven entering as bounds; these MILPs are independent units on the worker pool;
 3. **bound** — the certified ``max |f_ref - f_cand|`` is the worst-case effect of the epsilon claims
@@ -36,6 +37,8 @@ from .errors import InputError
 from .conv import is_conv
 from .ir import Box, Network
 from .leo import epsilon_error_bound, fold
+from .stability.regions import allowances, vertex_ranges
+from .stability.regions import supports as regions_supported
 from .stability.state import epsilons
 from .timing import Deadline
 
@@ -266,6 +269,8 @@ class _LayerSearch:
 WITNESS_FRACTION = 1e-4
 """A MILP solution counts as a counterexample only beyond this share of the margin (as witnesses do)."""
 SPLIT_MAX_DIMS = 8
+REGIONS_SHARE = 0.5
+"""At most this share of the time goes to re-proving claims through the network's linear regions."""
 
 
 def reprove(net: Network, box: Box, claimed, deadline: Deadline, *, workers=None, solver: str = "highs"):
@@ -276,7 +281,10 @@ def reprove(net: Network, box: Box, claimed, deadline: Deadline, *, workers=None
     the network and enter the bounds (``upper = eps``, ``lower = -eps``: ``crown_bounds(clip=...)``) and the
     MILPs' big-M constants.  Per layer: CROWN bounds first; then input splitting with those bounds (and a
     per-side feasibility MILP on small pieces) for inputs of at most 8 dimensions, per-side feasibility
-    MILPs (HiGHS) on the whole box otherwise.  Returns the re-proven state (proof kinds, and the margins
+    MILPs (HiGHS) on the whole box otherwise; before both, for networks of at most two inputs, the linear
+    regions found with the network's own forward passes at their vertices (``regions.vertex_ranges``: a
+    region's range is at its vertices), which settle the claims whose range plus the rounding allowance
+    stays within their margin.  Returns the re-proven state (proof kinds, and the margins
     the re-proof showed) and the claims that failed, with why."""
     from .stability.state import empty_state
 
@@ -286,6 +294,7 @@ def reprove(net: Network, box: Box, claimed, deadline: Deadline, *, workers=None
     failed: list = []
     clip = ([np.full(l.n_out, -np.inf) for l in net.layers], [np.full(l.n_out, np.inf) for l in net.layers])
     hidden = [k for k in range(len(net.layers) - 1) if net.layers[k].is_relu]
+    ranges = region_error = None  # the regions re-proof (at most two inputs), computed once when needed
     for n_done, k in enumerate(hidden):
         want_in, want_act = claimed.proven_inactive[k], claimed.proven_active[k]
         if not (want_in.any() or want_act.any()):
@@ -315,6 +324,17 @@ def reprove(net: Network, box: Box, claimed, deadline: Deadline, *, workers=None
                                    "proof": str(claimed.proof[0][i]),
                                    "why": f"refuted: y = {y:.6g} at a vertex of the box"})
                     rest_in[i] = rest_act[i] = False
+        if (rest_in.any() or rest_act.any()) and regions_supported(net):
+            if ranges is None:
+                last = max(j for j in hidden if claimed.proven_inactive[j].any() or claimed.proven_active[j].any())
+                ranges = vertex_ranges(net, box.lo, box.hi, last + 1, deadline.share(REGIONS_SHARE))
+                region_error = allowances(net, box.lo, box.hi)[1]
+            if ranges[0] is not None:
+                top, bottom = ranges[0][k] + region_error[k], ranges[1][k] - region_error[k]
+                shown_in, shown_act = rest_in & (top < allow), rest_act & (bottom > -allow)
+                _record(st, k, shown_in | shown_act, shown_in, "replay-regions",
+                        np.where(shown_in, np.maximum(top, 0.0), np.maximum(-bottom, 0.0)))
+                rest_in, rest_act = rest_in & ~shown_in, rest_act & ~shown_act
         if rest_in.any() or rest_act.any():
             share = deadline.share(1.0 / (len(hidden) - n_done))
             if box.size <= SPLIT_MAX_DIMS:

@@ -20,10 +20,17 @@ Methods (``--stability-method``):
   work for the ``--jobs`` workers; what one layer proves tightens the bounds of the next
   (``feasibility.settle``).  ISA's one MILP over the whole network stalls on networks of 4-9 layers of
   200-256 neurons (its objective couples every open neuron); per-side problems stay small.
-* ``auto``: for inputs of at most 8 dimensions, a short ``split`` (a quarter of the time, at most 30 s),
-  then ``feasibility`` on what is left (half the remaining time), then ``split`` goes on from its
-  unfinished pieces with the rest, and ``feasibility`` again with whatever time the split leaves; for
-  larger inputs, ``feasibility``.
+* ``regions`` (networks with at most two inputs, ``stability.regions``): the exact linear regions of the
+  network, cut out of the input box one ReLU boundary at a time; on each region every neuron before a
+  layer has a fixed phase, so the layer is affine there and its range is read off the region's vertices.
+  It converges (the regions are cells of the network's own boundary arrangement), so it decides every
+  neuron, ties at exactly 0 included (TLL N = 16, 1020 neurons, in seconds); on wider inputs the regions
+  multiply too fast and the box ``split`` is used.
+* ``auto``: for at most two inputs, ``regions`` first with half the time (what it leaves goes on to the
+  schedule of low-dimensional inputs with the time left); for inputs of at most 8 dimensions, a short
+  ``split`` (a quarter of the time, at most 30 s), then ``feasibility`` on what is left (half the
+  remaining time), then ``split`` goes on from its unfinished pieces with the rest, and ``feasibility``
+  again with whatever time the split leaves; for larger inputs, ``feasibility``.
 
 Numerics (the epsilon policy).  Witnesses count any pre-activation beyond rounding noise
 (``state.witness_floor``).  The MILP indicators carry a margin ``eps_i = 1e-5 * max(1, S_i)``
@@ -51,10 +58,11 @@ import numpy as np
 from .common import ProofSetup
 from .isa import isa
 from .per_neuron import per_neuron
+from .regions import REGION_MAX_DIMS, regions, supports
 from .split import split
 from .state import Findings, StabilityState, merge
 
-METHODS = ("auto", "feasibility", "isa", "split", "per-neuron")
+METHODS = ("auto", "feasibility", "isa", "split", "regions", "per-neuron")
 """Values of ``--stability-method``."""
 PROOF_KINDS = {"alpha": "alpha", "bab": "bab", "bab-epsilon": "bab-epsilon", "milp-infeasible": "milp",
                "bounds-epsilon": "bounds-epsilon", "bounds": "bounds", "lp": "lp"}
@@ -62,6 +70,8 @@ PROOF_KINDS = {"alpha": "alpha", "bab": "bab", "bab-epsilon": "bab-epsilon", "mi
 SPLIT_MAX_DIMS = 8
 """``auto`` splits the input box when it has at most this many dimensions."""
 SPLIT_FIRST_SECONDS = 30.0
+REGIONS_SHARE = 0.5
+"""``auto`` gives the regions search (at most two inputs) this share of the time."""
 
 
 def open_count(setup: ProofSetup, state: StabilityState) -> int:
@@ -140,6 +150,11 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
             setup.progress.layers(merged.progress(net))
         return merged
 
+    def trace(merged: StabilityState) -> None:
+        """A point of the proofs' trace (undecided neurons over time; ``feasibility`` adds its own)."""
+        entry.setdefault("feasibility_progress", []).append(
+            {"seconds": round(elapsed(), 2), "undecided": merged.counts(net)["undecided"]})
+
     state = merge(net, known)
     low_dim = setup.lo.size <= SPLIT_MAX_DIMS
     if not open_count(setup, state):
@@ -148,31 +163,48 @@ def prove(setup: ProofSetup, known: list, method: str, time_limit: float) -> tup
         state = record(split(setup, state, time_limit, entry, workers=setup.workers))
     elif method == "per-neuron":
         state = record(per_neuron(setup, state, time_limit, entry))
+    elif method == "regions" and supports(net):
+        state = record(regions(setup, state, time_limit, entry))
+        trace(state)
+    elif method == "regions":
+        setup.warn(f"--stability-method regions needs a network of at most {REGION_MAX_DIMS} inputs without "
+                   f"convolutions (this one has {net.input_size} inputs): input splitting (split) used instead")
+        state = record(split(setup, state, time_limit, entry, workers=setup.workers))
     elif method == "isa":
         state = record(isa(setup, known, max(time_limit, 0.01), entry))
     elif method == "feasibility" or not low_dim:
         state = record(feasibility(setup, state, time_limit, entry))
     else:
-        # auto on a low-dimensional input: a short split (often all it takes), then the per-side proofs on
-        # what is left with half the remaining time, then the split goes on (from its unfinished pieces).
-        first_split = split(setup, state, min(time_limit / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
-        state = record(first_split)
+        if supports(net):
+            # at most two inputs: the exact regions usually decide everything in seconds; what they leave at
+            # their share of the time goes to the box split and the per-side proofs with the time left
+            state = record(regions(setup, state, time_limit * REGIONS_SHARE, entry))
+            trace(state)
+        # a short split (often all it takes), then the per-side proofs on what is left with half the
+        # remaining time, then the split goes on (from its unfinished pieces).
         if open_count(setup, state):
-            state = record(feasibility(setup, state, max((time_limit - elapsed()) / 2, 0.01), entry, elapsed()))
-        if open_count(setup, state) and time_limit - elapsed() > 0.5:
-            first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
-            state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume,
-                                 workers=setup.workers))
-            for k, v in first.items():
-                entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
-        if open_count(setup, state) and time_limit - elapsed() > 1.0:
-            # the split ended early (its open pieces were closed by leaf MILPs that did not settle every
-            # neuron): the per-side proofs get the rest, starting from everything known now
-            state = record(feasibility(setup, state, time_limit - elapsed(), entry, elapsed()))
+            left = max(time_limit - elapsed(), 0.0)
+            first_split = split(setup, state, min(left / 4, SPLIT_FIRST_SECONDS), entry, workers=setup.workers)
+            state = record(first_split)
+            if open_count(setup, state):
+                state = record(feasibility(setup, state, max((time_limit - elapsed()) / 2, 0.01), entry, elapsed()))
+            if open_count(setup, state) and time_limit - elapsed() > 0.5:
+                first = {k: entry[k] for k in ("split_boxes", "split_leaf_milps", "split_seconds")}
+                state = record(split(setup, state, time_limit - elapsed(), entry, resume=first_split.resume,
+                                     workers=setup.workers))
+                for k, v in first.items():
+                    entry[k] = round(entry[k] + v, 3) if isinstance(v, float) else entry[k] + v
+            if open_count(setup, state) and time_limit - elapsed() > 1.0:
+                # the split ended early (its open pieces were closed by leaf MILPs that did not settle every
+                # neuron): the per-side proofs get the rest, starting from everything known now
+                state = record(feasibility(setup, state, time_limit - elapsed(), entry, elapsed()))
     counts = state.counts(net)
     entry.update(counts)
     entry["seconds_total"] = round(elapsed(), 3)
     how = []
+    if "regions_pieces" in entry:
+        how.append(f"regions: {entry['regions_pieces']} pieces, "
+                   + ("complete" if entry["regions_complete"] else "time limit"))
     if "split_boxes" in entry:
         how.append(f"split: {entry['split_boxes']} pieces, {entry['split_leaf_milps']} piece MILPs, "
                    + ("complete" if entry["split_complete"] else "time limit"))

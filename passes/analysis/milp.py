@@ -23,7 +23,8 @@ DEFAULT_SECONDS = 600.0
 @dataclass(frozen=True)
 class MilpOptions:
     stability_method: str = option("auto", "how the remaining neurons are proven: auto, feasibility (per neuron side, "
-                                   "layer by layer), isa (one MILP), split (input branch and bound) or per-neuron "
+                                   "layer by layer), isa (one MILP), split (input branch and bound), regions (at most "
+                                   "two inputs: the exact linear regions) or per-neuron "
                                    "(the baseline)", choices=METHODS)
     solver: str = option("auto", "MILP solver: auto (Gurobi if its licence admits the model, else SCIP), scip or "
                          "gurobi; feasibility's per-side MILPs use SCIP", choices=SOLVERS)

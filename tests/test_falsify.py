@@ -168,3 +168,26 @@ def test_with_a_time_share_the_gradient_search_goes_on_while_rounds_find_witness
     assert not ctx.get(Stability).latest("falsify").seen_active[1][0]
     _, entry1 = run_falsify(net, box)
     assert entry1["gradient_rounds"] == 1
+
+
+@pytest.mark.parametrize("n_in, method, fires", [(2, "auto", True), (2, "regions", True), (2, "feasibility", False),
+                                                 (3, "auto", False)])
+def test_no_gradient_search_when_the_regions_search_follows(n_in, method, fires):
+    """On a network of at most two inputs a later milp pass with --stability-method auto or regions runs
+    the exact regions search, which witnesses every side it reaches: falsify then samples but takes no
+    gradient steps; with another method, more inputs, or no milp after it, it does."""
+    rng = np.random.default_rng(7)
+    net = random_network(rng, n_in, [12, 12], 2)
+    box = Box(np.zeros(n_in), np.ones(n_in))
+    ctx = Context(box=box, deadline=Deadline(60), options={"stability_method": method, "falsify_samples": 0},
+                  samples=20, corners=4)
+    PassManager().run(net, ["sample", "bounds", "falsify", "milp"], ctx)
+    entry = next(e for e in ctx.log if e["name"] == "falsify")
+    assert entry["open_after_sampling"] > 0  # something left for a gradient search to look for
+    assert ("gradient_search" in entry) == fires
+    assert (entry["gradient_rounds"] == 0) == fires
+    milp = next(e for e in ctx.log if e["name"] == "milp")
+    assert milp["undecided"] == 0
+    alone = Context(box=box, deadline=Deadline(60), options={"falsify_samples": 0}, samples=20, corners=4)
+    PassManager().run(net, ["sample", "bounds", "falsify"], alone)
+    assert "gradient_search" not in alone.log[-1] and alone.log[-1]["gradient_rounds"] >= 1

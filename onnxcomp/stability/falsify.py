@@ -79,11 +79,12 @@ def pgd_witnesses(net: Network, lo: np.ndarray, hi: np.ndarray, layer: int, neur
 
 
 def search(net: Network, box: Box, state: StabilityState, eps: list, rng: np.random.Generator, *,
-           samples: int = 20000, corners: int = 1024, pgd_steps: int = 40,
+           samples: int = 20000, corners: int = 1024, pgd_steps: int = 40, gradient: bool = True,
            deadline: Deadline | None = None) -> tuple[Findings, dict]:
     """Look for witnesses of every open neuron state of ``state``: ``samples`` uniform points and up to
-    ``corners`` vertices of ``box``, then projected gradient steps per open neuron side (stopped at
-    ``deadline``).  Returns the witnesses (``Findings`` of source ``falsify``) and report facts."""
+    ``corners`` vertices of ``box``, then (unless ``gradient`` is false) projected gradient steps per open
+    neuron side (stopped at ``deadline``).  Returns the witnesses (``Findings`` of source ``falsify``) and
+    report facts."""
     deadline = deadline or Deadline()
     start = time.perf_counter()
     n_layers = max(len(net.layers) - 1, 0)
@@ -108,7 +109,7 @@ def search(net: Network, box: Box, state: StabilityState, eps: list, rng: np.ran
     rounds, fruitless = 0, 0
     # gradient rounds: the first from the box centre, later ones from random starts, for as long as the
     # time share lasts and a round still finds something (deep layers need many starts)
-    while open_count() and fruitless < FRUITLESS_ROUNDS and not stopped:
+    while gradient and open_count() and fruitless < FRUITLESS_ROUNDS and not stopped:
         open_before_round = open_count()
         for k in range(n_layers):
             if not net.layers[k].is_relu:

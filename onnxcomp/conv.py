@@ -64,11 +64,14 @@ class Conv:
     op: str = "Conv"
     orig_channels: int = 0
     pool: tuple = ()
+    """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
+    zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
     in_perm: tuple | None = None
     """The first layer of a model whose input is not NCHW (a TF model's NHWC input and its Transpose): the
     convolution reads ``x[in_perm]`` of the flattened input; ``None`` otherwise."""
-    """For the layers a MaxPool becomes (see :func:`max_pool`): (part, parts, kernel_hw, strides, pads,
-    zero_pads) of the pooling, the same on each part but the part; empty otherwise."""
+    quant: object = None
+    """How the kernel is stored once quantized (``onnxcomp.ir.Quantization``, ``codes`` of the kernel's shape;
+    ``int8``: one scale per output channel); ``None``: plain floats.  ``kernel`` holds the dequantized values."""
 
     def __post_init__(self) -> None:
         k = np.asarray(self.kernel, dtype=np.float64)
@@ -96,6 +99,8 @@ class Conv:
         object.__setattr__(self, "pool", tuple(tuple(v) if isinstance(v, (list, tuple)) else int(v)
                                                for v in self.pool))
         object.__setattr__(self, "kernel", frozen_array(k))
+        if self.quant is not None and tuple(self.quant.codes.shape) != k.shape:
+            raise ValueError(f"Conv quantization codes {self.quant.codes.shape} do not match the kernel {k.shape}")
         ho, wo = conv_output_hw(in_shape[1:], k.shape[2:], self.strides, self.pads, self.dilations)
         if ho <= 0 or wo <= 0:
             raise ValueError(f"Conv output would be empty ({ho} x {wo})")
@@ -146,10 +151,6 @@ class Conv:
     @property
     def is_relu(self) -> bool:
         return self.activation == RELU
-
-    @property
-    def quant(self):
-        return None
 
     @cached_property
     def emitted(self) -> np.ndarray:
@@ -249,6 +250,29 @@ class Conv:
         return row[ok], col, vals[ok]
 
     @cached_property
+    def patches(self) -> np.ndarray:
+        """For every group, output position and kernel tap ``(ci, ky, kx)`` of the group: the input feature
+        it reads, ``-1`` where the tap lands in the padding; int array (group, H_out * W_out, cg * kh * kw).
+        ``x[:, patches[g]]`` (with a zero appended to ``x``) is the im2col matrix of group ``g``, so a
+        kernel's gradient is one matrix product per group."""
+        _, cg, kh, kw = self.kernel.shape
+        c_in, h, w = self.in_shape
+        ho, wo = self.out_hw
+        oy, ox = np.divmod(np.arange(ho * wo), wo)
+        ci, ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij"))
+        iy = oy[:, None] * self.strides[0] - self.pads[0] + ky[None, :] * self.dilations[0]
+        ix = ox[:, None] * self.strides[1] - self.pads[1] + kx[None, :] * self.dilations[1]
+        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        out = np.empty((self.group,) + iy.shape, dtype=np.int64)
+        for g in range(self.group):
+            col = ((g * cg + ci[None, :]) * h + iy) * w + ix
+            if self.in_perm is not None:
+                col = np.asarray(self.in_perm, dtype=np.int64)[np.where(ok, col, 0)]
+            out[g] = np.where(ok, col, -1)
+        out.flags.writeable = False
+        return out
+
+    @cached_property
     def bias(self) -> np.ndarray:
         return frozen_array(self.unit_bias.reshape(-1)[self.emitted])
 
@@ -295,7 +319,10 @@ class Conv:
                 raise ValueError("channels of a grouped convolution go a whole group at a time")
             kept_groups = by_group[:, 0]
             in_keep = np.repeat(kept_groups, self.kernel.shape[1])
-        return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep],
+        q = self.quant
+        if q is not None:
+            q = replace(q, codes=q.codes[keep], scale=None if q.scale is None else q.scale[keep])
+        return replace(self, kernel=self.kernel[keep], unit_bias=self.unit_bias[keep], quant=q,
                        channel_ids=tuple(c for c, m in zip(self.channel_ids, keep) if m), units=units,
                        **({"in_shape": (int(in_keep.sum()),) + self.in_shape[1:], "group": int(kept_groups.sum())}
                           if group > 1 else {}))
@@ -306,7 +333,8 @@ class Conv:
             raise ValueError("input channels of a grouped convolution are removed with its output channels, "
                              "and the model input's are never removed")
         keep = np.asarray(keep, dtype=bool)
-        return replace(self, kernel=self.kernel[:, keep], in_shape=(int(keep.sum()),) + self.in_shape[1:])
+        q = None if self.quant is None else replace(self.quant, codes=self.quant.codes[:, keep])
+        return replace(self, kernel=self.kernel[:, keep], quant=q, in_shape=(int(keep.sum()),) + self.in_shape[1:])
 
     def keep_units(self, keep: np.ndarray) -> "Conv":
         """Only the emitted units in the boolean mask ``keep`` (over the current ``n_out``) stay outputs."""

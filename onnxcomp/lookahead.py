@@ -12,6 +12,15 @@ the rank-one matrix ``w · W_{i+1}[:, k] · W_{i-1}[j, :]``, so Eq. 4 has the cl
 layer and the last no next one: that factor is 1 ("ones", as in the paper, up to a constant that does not
 change any ranking within the layer).
 
+Convolutions (LAP paper §2.1, Eq. 5 for convolutional layers, Eq. 9 with BatchNormalization): for a
+kernel weight ``K_i[k, j, y, x]`` the two factors are the norm of the previous layer's output-channel
+kernel ``K_{i-1}[j]`` and the norm of everything that reads output channel ``k`` (the next convolution's
+input-channel slices ``K_{i+1}[:, k]``, or a dense head's columns at every position of channel ``k``),
+found by ``params.Neighbours`` through the pooling and MaxPool layers between.  A BatchNormalization
+folded into its convolution is already in the kernel, so Eq. 5 on the folded kernels is Eq. 9; one kept
+as a per-channel scaling multiplies its ``|a|`` into both factors.  Pooling and MaxPool layers have no
+scores (``None``): they are never pruned.
+
 Variants (option ``lap_variant``, paper §2.3 "mono-directional LAPs"):
 
 * ``full``     -- both neighbours (vanilla LAP);                      method ``lap-full``
@@ -24,7 +33,7 @@ sparsity and cannot be a sparsity-free score.  The prune transform calls::
 
     sequential_masks(net, sparsity, variant="forward", steps=1) -> list[np.ndarray of bool]
 
-``sparsity`` is the fraction of weights to prune (one float for every layer, or one per layer);
+``sparsity`` is the fraction of weights to prune (one float for every layer, or one per tunable layer);
 ``variant`` is the order in which layers are pruned: ``"forward"`` (first layer to last, each scored with
 the already-pruned previous layer) or ``"backward"`` (last to first, with the already-pruned next layer);
 ``steps`` > 1 splits the budget into that many equal rounds (the paper's ``-seq`` uses 5), and
@@ -50,6 +59,7 @@ import numpy as np
 
 from .errors import UsageError
 from .ir import Network
+from .params import Neighbours, by_unit, tensor, tunable
 from .scores import LookaheadScores
 
 VARIANTS = ("full", "forward", "backward")
@@ -58,35 +68,29 @@ SEQ_STEPS = 5
 """Rounds of the paper's ``-seq`` variants (LAP paper §2.3: the budget is split into five steps)."""
 
 
-def _incoming_norms(weight: np.ndarray) -> np.ndarray:
-    """‖W[j, :]‖ for every output neuron j: the factor a layer contributes to its successor's scores."""
-    return np.linalg.norm(weight, axis=1)
-
-
-def _outgoing_norms(weight: np.ndarray) -> np.ndarray:
-    """‖W[:, k]‖ for every input neuron k: the factor a layer contributes to its predecessor's scores."""
-    return np.linalg.norm(weight, axis=0)
-
-
-def layer_lookahead(weights: Sequence[np.ndarray], i: int, look_back: bool = True,
+def layer_lookahead(neighbours: Neighbours, tensors: Sequence, i: int, look_back: bool = True,
                     look_ahead: bool = True) -> np.ndarray:
-    """Lookahead distortion (Eq. 5) of every weight of layer ``i`` given the (possibly pruned) ``weights``."""
-    w = weights[i]
-    back = _incoming_norms(weights[i - 1]) if (look_back and i > 0) else np.ones(w.shape[1])
-    ahead = _outgoing_norms(weights[i + 1]) if (look_ahead and i + 1 < len(weights)) else np.ones(w.shape[0])
-    return np.abs(w) * ahead[:, None] * back[None, :]
+    """Lookahead distortion (Eq. 5) of every weight of tunable layer ``i`` given the (possibly pruned)
+    ``tensors`` of every layer (``params.tensor``; entries of fixed layers are not read)."""
+    w = np.asarray(tensors[i], dtype=np.float64)
+    back = neighbours.back_factor(tensors, i) if look_back else 1.0
+    ahead = neighbours.ahead_factor(tensors, i) if look_ahead else 1.0
+    return np.abs(w) * ahead * back
 
 
 def lookahead_scores(net: Network, variant: str = "full") -> LookaheadScores:
-    """LAP scores of every weight and the neuron aggregate (see the module docstring)."""
+    """LAP scores of every weight and the unit aggregate (see the module docstring); ``None`` for the
+    fixed layers (pooling, MaxPool parts, scaling)."""
     if variant not in VARIANTS:
         raise UsageError(f"lap_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
-    weights = [layer.weight for layer in net.layers]
+    tensors = [tensor(layer) for layer in net.layers]
+    neighbours = Neighbours(net)
     look_back = variant in ("full", "backward")
     look_ahead = variant in ("full", "forward")
-    scores = [layer_lookahead(weights, i, look_back, look_ahead) for i in range(len(weights))]
-    neurons = [np.sqrt(np.sum(s * s, axis=1)) for s in scores]
-    return LookaheadScores(f"lap-{variant}", scores, neurons, net)
+    scores = [layer_lookahead(neighbours, tensors, i, look_back, look_ahead) if tunable(layer) else None
+              for i, layer in enumerate(net.layers)]
+    units = [None if s is None else np.sqrt(np.sum(by_unit(s) ** 2, axis=1)) for s in scores]
+    return LookaheadScores(f"lap-{variant}", scores, units, net)
 
 
 def _keep_mask(score: np.ndarray, already_pruned: np.ndarray, n_prune: int) -> np.ndarray:
@@ -125,15 +129,17 @@ def sequential_masks(net: Network, sparsity, variant: str = "forward", steps: in
     if int(steps) < 1:
         raise UsageError(f"sequential LAP steps {steps}: expected at least 1")
     steps = int(steps)
-    fractions = _per_layer(sparsity, len(net.layers))
-    weights = [layer.weight.copy() for layer in net.layers]
+    learned = [i for i, layer in enumerate(net.layers) if tunable(layer)]
+    fractions = dict(zip(learned, _per_layer(sparsity, len(learned))))
+    weights = [np.array(tensor(layer), dtype=np.float64) for layer in net.layers]
     pruned = [np.zeros(w.shape, dtype=bool) for w in weights]
-    order = range(len(weights)) if variant == "forward" else range(len(weights) - 1, -1, -1)
+    neighbours = Neighbours(net)
+    order = learned if variant == "forward" else learned[::-1]
     for step in range(1, steps + 1):
         for i in order:
             target = int(round(fractions[i] * weights[i].size * step / steps))
-            score = layer_lookahead(weights, i)
+            score = layer_lookahead(neighbours, weights, i)
             keep = _keep_mask(score, pruned[i], target)
             pruned[i] = ~keep
-            weights[i] = np.where(keep, net.layers[i].weight, 0.0)
+            weights[i] = np.where(keep, tensor(net.layers[i]), 0.0)
     return [~p for p in pruned]

@@ -1,4 +1,5 @@
-"""Weight sharing (the ``quantize`` pass's machinery): Dense(W) -> Dense(codebook[codes]), or per-channel int8.
+"""Weight sharing (the ``quantize`` pass's machinery): Dense(W) -> Dense(codebook[codes]), or per-channel int8;
+Conv(K) -> Conv(codebook[codes]) likewise, one codebook per layer, int8 scales per output channel.
 
 ``--quant kmeans`` (default): the weights of each layer are clustered into at most 2**bits values
 (``--bits B``, 1..8) and every weight is replaced by its cluster centre (DeepCompress-style weight
@@ -29,11 +30,10 @@ computes what onnxruntime computes) and the codes in ``Dense.quant``; the writer
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from .ir import Dense, Network, Quantization
+from .ir import Network, Quantization
+from .params import by_unit, tensor, tunable, with_tensor
 
 METHODS = ("kmeans", "int8")
 LEVELS = [8, 7, 6, 5, 4, 3, 2, 1]
@@ -119,10 +119,12 @@ def weighted_kmeans_1d(values: np.ndarray, weights: np.ndarray | None, k: int, q
     return centres, codes
 
 
-def kmeans_layer(layer: Dense, bits: int, importance: np.ndarray | None, np_dtype,
-                 quartic: np.ndarray | None = None) -> Dense:
-    """``layer`` with weights shared among at most 2**bits values (zeros keep a centre of 0)."""
-    w = layer.weight
+def kmeans_layer(layer, bits: int, importance: np.ndarray | None, np_dtype, quartic: np.ndarray | None = None):
+    """``layer`` (dense, or a convolution: its kernel) with weights shared among at most 2**bits values
+    (zeros keep a centre of 0); a fixed layer (pooling) is returned as it is."""
+    if not tunable(layer):
+        return layer
+    w = tensor(layer)
     k = 2 ** bits
     zero = w == 0
     sel = ~zero if zero.any() else np.ones(w.shape, dtype=bool)
@@ -142,17 +144,21 @@ def kmeans_layer(layer: Dense, bits: int, importance: np.ndarray | None, np_dtyp
         codes[sel] = sel_codes
     codebook = codebook.astype(np_dtype).astype(np.float64)
     quant = Quantization("codebook", codes, codebook, None, bits)
-    return replace(layer, weight=codebook[codes], quant=quant)
+    return with_tensor(layer, codebook[codes], quant)
 
 
-def int8_layer(layer: Dense, np_dtype) -> Dense:
-    """Symmetric per-output-channel int8: W ≈ scale[:, None] * codes, codes in [-127, 127]."""
-    w = layer.weight
-    peak = np.abs(w).max(axis=1)
+def int8_layer(layer, np_dtype):
+    """Symmetric per-output-channel int8: W ≈ scale[:, None] * codes, codes in [-127, 127] (a convolution:
+    one scale per output channel's kernel); a fixed layer (pooling) is returned as it is."""
+    if not tunable(layer):
+        return layer
+    w = tensor(layer)
+    per = (-1,) + (1,) * (w.ndim - 1)
+    peak = np.abs(by_unit(w)).max(axis=1)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    codes = np.clip(np.round(w / scale.astype(np.float64)[:, None]), -127, 127).astype(np.int8)
-    weight = (scale[:, None] * codes.astype(np.float32)).astype(np_dtype).astype(np.float64)
-    return replace(layer, weight=weight, quant=Quantization("int8", codes, None, scale.astype(np.float64), 8))
+    codes = np.clip(np.round(w / scale.astype(np.float64).reshape(per)), -127, 127).astype(np.int8)
+    weight = (scale.reshape(per) * codes.astype(np.float32)).astype(np_dtype).astype(np.float64)
+    return with_tensor(layer, weight, Quantization("int8", codes, None, scale.astype(np.float64), 8))
 
 
 def importance_weights(net: Network, scores) -> tuple[list | None, list | None, str]:
@@ -167,11 +173,14 @@ def importance_weights(net: Network, scores) -> tuple[list | None, list | None, 
     explicit = getattr(scores, "importance", None)
     if explicit is not None:
         quartic = getattr(scores, "quartic", None)
-        q = None if quartic is None else [0.25 * np.asarray(h, dtype=np.float64) for h in quartic]
-        return [np.asarray(i, dtype=np.float64) for i in explicit], q, scores.method
+        q = None if quartic is None else [None if h is None else 0.25 * np.asarray(h, dtype=np.float64) for h in quartic]
+        return [None if i is None else np.asarray(i, dtype=np.float64) for i in explicit], q, scores.method
     out = []
     for layer, s in zip(net.layers, scores.weights):
-        a = np.abs(layer.weight)
+        if s is None:
+            out.append(None)
+            continue
+        a = np.abs(tensor(layer))
         with np.errstate(divide="ignore", invalid="ignore"):
             factor = np.where(a > 0, np.asarray(s, dtype=np.float64) / a, 0.0)
         fill = float(np.mean(factor[a > 0] ** 2)) if np.any(a > 0) else 1.0

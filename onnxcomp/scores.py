@@ -14,14 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import Network
+from .params import tensor
 
 
 @dataclass
 class WeightScores:
     """Importance of every weight and every neuron (higher = more important to keep).
 
-    ``weights[k]`` has the shape of ``net.layers[k].weight``; ``neurons[k]`` has one entry per output
-    neuron of layer k (used by structured pruning; the last layer's entries are never dropped).
+    ``weights[k]`` has the shape of layer k's stored weights (``params.tensor``: a dense weight matrix or a
+    convolution kernel); ``neurons[k]`` has one entry per unit of layer k (a neuron, or a convolution's
+    output channel; used by structured pruning; the last layer's entries are never dropped).  Both are
+    ``None`` for the fixed layers (pooling, MaxPool parts, per-channel scaling), which no pass changes.
     ``method`` names the score (``magnitude``, ``lap-forward``, ``fisher-unsupervised``, ...);
     ``network`` is the network the scores were computed on.
     """
@@ -69,22 +72,31 @@ def pruned_from(net: Network, parent: Network) -> bool:
     if len(net.layers) != len(parent.layers):
         return False
     for a, b in zip(net.layers, parent.layers):
-        if (a.weight.shape != b.weight.shape or a.neuron_ids != b.neuron_ids or a.activation != b.activation
-                or not np.array_equal(a.bias, b.bias)):
+        ta, tb = tensor(a), tensor(b)
+        if (type(a) is not type(b) or ta.shape != tb.shape or a.neuron_ids != b.neuron_ids
+                or a.activation != b.activation or not np.array_equal(a.bias, b.bias)):
             return False
-        if not np.all((a.weight == b.weight) | (a.weight == 0)):
+        if not np.all((ta == tb) | (ta == 0)):
             return False
     return True
 
 
 def magnitude_scores(net: Network) -> WeightScores:
-    """The baseline: |w| per weight, the L2 norm of a neuron's incoming and outgoing weights per neuron."""
-    weights = [np.abs(layer.weight) for layer in net.layers]
-    neurons = []
+    """The baseline: |w| per weight; per unit (neuron or output channel) the L2 norm of its incoming
+    weights times that of the weights reading it (at every position, for a channel)."""
+    from .params import Neighbours, n_units, tunable
+
+    tensors = [tensor(layer) for layer in net.layers]
+    neighbours = Neighbours(net)
+    weights, neurons = [], []
     for k, layer in enumerate(net.layers):
-        incoming = np.linalg.norm(layer.weight, axis=1)
-        outgoing = np.linalg.norm(net.layers[k + 1].weight, axis=0) if k + 1 < len(net.layers) else np.ones(layer.n_out)
-        neurons.append(incoming * outgoing)
+        if not tunable(layer):
+            weights.append(None)
+            neurons.append(None)
+            continue
+        weights.append(np.abs(tensors[k]))
+        outgoing = neighbours.outgoing_norms(tensors, k)
+        neurons.append(neighbours.incoming_norms(tensors, k) * (np.ones(n_units(layer)) if outgoing is None else outgoing))
     return WeightScores("magnitude", weights, neurons, net)
 
 

@@ -287,14 +287,29 @@ def candidate_formats(layer: Dense, opset: int) -> list[str]:
     return formats
 
 
-def encode_weight(layer: Dense, k: int, np_dtype, names, opset: int, *, positions: str | None = None,
-                  plain: bool = False) -> Encoded:
-    """The smallest admissible encoding of layer ``k``'s weight (or the one named by ``positions``).
+@dataclass(frozen=True)
+class Stored:
+    """What an encoder reads of a layer: the dequantized weights (any shape: a weight matrix or a
+    convolution kernel, whose int8 scales are per output channel, axis 0) and their ``Quantization``."""
+
+    weight: np.ndarray
+    quant: object = None
+
+
+def stored(layer) -> Stored:
+    """A dense layer's weight matrix, or a convolution's kernel, as the encoders read it."""
+    return Stored(layer.kernel if hasattr(layer, "kernel") else layer.weight, layer.quant)
+
+
+def encode_weight(layer, k: int, np_dtype, names, opset: int, *, positions: str | None = None,
+                  plain: bool = False, tag: str = "weight") -> Encoded:
+    """The smallest admissible encoding of layer ``k``'s weight (or the one named by ``positions``);
+    ``layer`` is a ``Dense`` or a :class:`Stored` (a convolution's kernel, see :func:`stored`).
 
     ``plain=True`` writes the dequantized weight as one dense float initializer (the reference the
     writer's output is checked against).
     """
-    out = names(f"onnxcomp.layer{k}.weight")
+    out = names(f"onnxcomp.layer{k}.{tag}")
     q = layer.quant
     if plain:
         return _encode_float(layer, np_dtype, names, k, "dense", out)
@@ -345,7 +360,7 @@ def storage_summary(model: onnx.ModelProto) -> dict:
 
     def add(name: str, nbytes: int) -> None:
         parts = name.split(".")
-        if len(parts) >= 3 and parts[0] == "onnxcomp" and parts[1].startswith("layer") and parts[2] != "bias":
+        if len(parts) >= 3 and parts[0] == "onnxcomp" and parts[1].startswith("layer") and parts[2] not in ("bias", "unit_bias"):
             k = int(parts[1][len("layer"):].split("_")[0])
             sizes[k] = sizes.get(k, 0) + nbytes
 
@@ -407,6 +422,6 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def layer_storage(layer: Dense, np_dtype=np.float32, opset: int = DECODER_OPSET) -> Encoded:
-    """The encoding the writer would choose for ``layer`` (for reports: format and bytes)."""
-    return encode_weight(layer, 0, np_dtype, _TrialNames(None), opset)
+def layer_storage(layer, np_dtype=np.float32, opset: int = DECODER_OPSET) -> Encoded:
+    """The encoding the writer would choose for ``layer``'s weights or kernel (for reports: format and bytes)."""
+    return encode_weight(stored(layer), 0, np_dtype, _TrialNames(None), opset)

@@ -24,7 +24,7 @@ from .conv import Conv
 from .ir import Dense, Network
 from .onnxio import SUPPORTED_FLOAT, real_inputs
 from .reader import COLS, ROWS, VECTOR, OnnxContext
-from .storage import UniqueNames, encode_weight
+from .storage import UniqueNames, encode_weight, stored
 
 PRE_PREFIX = "onnxcomp/pre/"
 """Name prefix of the extra graph outputs exposing pre-activations (``expose_preactivations``)."""
@@ -178,9 +178,11 @@ def to_model(
                 cur = act
             flat = False
         elif isinstance(layer, Conv):
-            nodes_k, inits_k, cur, pre = _conv_layer(layer, k, cur, np_dtype, names, expose_preactivations)
+            nodes_k, inits_k, sparse_k, cur, pre = _conv_layer(layer, k, cur, np_dtype, names, expose_preactivations,
+                                                               opset, plain_weights)
             chain_nodes += nodes_k
             chain_inits += inits_k
+            chain_sparse += sparse_k
             if pre is not None:
                 pre_outputs.append((pre, layer.n_out))
             flat = False
@@ -262,20 +264,24 @@ def to_model(
     return model
 
 
-def _conv_layer(layer: Conv, k: int, cur: str, np_dtype, names: _Names, expose: bool):
+def _conv_layer(layer: Conv, k: int, cur: str, np_dtype, names: _Names, expose: bool, opset: int, plain: bool):
     """Nodes and initializers of one convolution layer on the NCHW map ``cur``: the Conv (or AveragePool)
-    with its bias (an Add when the bias varies within a channel) and Relu.  Returns (nodes, inits, the
-    output map's name, the exposed [N, n_out] pre-activation's name or None)."""
-    nodes, inits = [], []
+    with its bias (an Add when the bias varies within a channel) and Relu; the kernel in the smallest
+    storage it admits (a pruned or quantized kernel is decoded in the graph, as a dense layer's weight is,
+    see ``onnxcomp.storage``).  Returns (nodes, inits, sparse inits, the output map's name, the exposed
+    [N, n_out] pre-activation's name or None)."""
+    nodes, inits, sparse = [], [], []
     pre = names(f"onnxcomp/convpre{k}")
     attrs = {"strides": list(layer.strides), "pads": list(layer.pads)}
     if layer.is_plain_average_pool:
         nodes.append(helper.make_node("AveragePool", [cur], [pre], kernel_shape=list(layer.kernel.shape[2:]),
                                       count_include_pad=1, name=names(f"onnxcomp/avgpool{k}"), **attrs))
     else:
-        w_name = names(f"onnxcomp.layer{k}.kernel")
-        inits.append(numpy_helper.from_array(np.asarray(layer.kernel, dtype=np_dtype), w_name))
-        ins = [cur, w_name]
+        enc = encode_weight(stored(layer), k, np_dtype, names, opset, plain=plain, tag="kernel")
+        nodes += enc.nodes
+        inits += enc.inits
+        sparse += enc.sparse
+        ins = [cur, enc.name]
         per_channel = layer.bias_per_channel
         if per_channel is not None and np.any(per_channel):
             b_name = names(f"onnxcomp.layer{k}.bias")
@@ -299,7 +305,7 @@ def _conv_layer(layer: Conv, k: int, cur: str, np_dtype, names: _Names, expose: 
         act = names(f"onnxcomp/act{k}")
         nodes.append(helper.make_node("Relu", [pre], [act], name=names(f"onnxcomp/relu{k}")))
         cur = act
-    return nodes, inits, cur, exposed
+    return nodes, inits, sparse, cur, exposed
 
 
 def _flatten_units(layer: Conv, cur: str, names: _Names, tag: str, out: str | None):

@@ -107,6 +107,12 @@ def test_every_readme_command_succeeds(scratch):
     assert f"{1024 - cifar['model']['after']['widths'][1]} of the 1024 head inputs are constant" in text
     assert f"to {cifar['model']['after']['file_bytes'] / 1024:.1f} KB" in text
     assert cifar["stable"]["totals"]["undecided"] == 0
+    # the lossy CNN example's figures are its report's
+    lenet = json.loads((scratch / "lenet.json").read_text())
+    quant = next(p for p in lenet["passes"] if p["name"] == "quantize")
+    assert {layer["kind"] for layer in quant["layers"]} == {"conv", "dense"}
+    assert (f"{quant['bits']} bits, and the file goes from {lenet['model']['before']['file_bytes'] / 1024:.1f} KB to "
+            f"{lenet['model']['after']['file_bytes'] / 1024:.1f} KB") in text
 
 
 def test_acas_numbers_quoted_in_readme_are_what_the_tool_reports(scratch):

@@ -17,12 +17,12 @@ class FisherOptions:
     fisher_temperature: float = option(1.0, "softmax temperature T of f = softmax(z / T)", gt=0.0)
 
 
-@register("fisher", kind=ANALYSIS, options=FisherOptions, needs=(DATA,), provides=(FisherScores,),
+@register("fisher", kind=ANALYSIS, options=FisherOptions, needs=(DATA,), provides=(FisherScores,), conv=True,
           summary="Fisher weight importance E[(∂f/∂w)²/f] (gradient / gradient+Hessian with labels)",
           paper="Rate distortion for model compression (Gao et al., ICML 2019) Eq. 6, §6.2")
 def run(net, ctx, opts: FisherOptions) -> PassResult:
     scores = analyse(net, ctx.calibration(), ctx.labels, opts.fisher_objective, opts.fisher_temperature)
-    n_weights = sum(w.size for w in scores.weights)
+    n_weights = sum(w.size for w in scores.weights if w is not None)
     return PassResult((scores,), entry={
         "method": scores.method, "objective": scores.objective, "samples": scores.samples,
         "temperature": scores.temperature,

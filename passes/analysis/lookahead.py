@@ -24,15 +24,15 @@ class LookaheadOptions:
                               "lap-forward-seq, lap-backward-seq", choices=tuple(VARIANTS))
 
 
-@register("lookahead", kind=ANALYSIS, options=LookaheadOptions, provides=(LookaheadScores,),
+@register("lookahead", kind=ANALYSIS, options=LookaheadOptions, provides=(LookaheadScores,), conv=True,
           summary="lookahead pruning (LAP) scores |w|·‖W_prev[j,:]‖·‖W_next[:,k]‖ per weight",
           paper="LAP (Park et al., ICLR 2020) Eq. 5, §2.3")
 def run(net, ctx, opts: LookaheadOptions) -> PassResult:
     variant, order = VARIANTS[opts.lap_variant]
     scores = replace(lookahead_scores(net, variant), order=order)
     layers = [{"layer": layer.layer_id, "weights": int(s.size), "zero_score": int(np.sum(s == 0.0)),
-               "median_score": float(np.median(s))} for layer, s in zip(net.layers, scores.weights)]
-    n_weights = sum(s.size for s in scores.weights)
+               "median_score": float(np.median(s))} for layer, s in zip(net.layers, scores.weights) if s is not None]
+    n_weights = sum(l["weights"] for l in layers)
     return PassResult((scores,), entry={"method": scores.method, "layers": layers,
                                         "message": f"{scores.method} scores for {n_weights} weights in "
-                                                   f"{len(net.layers)} layers"})
+                                                   f"{len(layers)} layers"})

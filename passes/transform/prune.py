@@ -1,4 +1,4 @@
-"""``prune`` · Dense(W) -> Dense(M ⊙ W): the weights with the lowest magnitude, LAP or Fisher scores zeroed."""
+"""``prune`` · Dense(W) -> Dense(M ⊙ W), Conv(K) -> Conv(M ⊙ K): the weights with the lowest magnitude, LAP or Fisher scores zeroed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 
 from onnxcomp.budget import choose, pick_scores
 from onnxcomp.errors import UsageError
+from onnxcomp.conv import is_conv
 from onnxcomp.options import option
+from onnxcomp.params import tensor, tunable
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.pruning import GRANULARITIES, LEVELS, prune_network, sequential_or_ranked_masks
 from onnxcomp.scores import BY_NAME as SCORE_TYPES, FisherScores, LookaheadScores, magnitude_scores, required
@@ -23,7 +25,7 @@ class PruneOptions:
 
 
 @register("prune", kind=LOSSY, options=PruneOptions, requires=lambda opts: required(opts.score),
-          uses=(LookaheadScores, FisherScores),
+          uses=(LookaheadScores, FisherScores), conv=True,
           summary="unstructured pruning to a target sparsity by magnitude, lookahead or Fisher score",
           paper="LAP Eq. 1, 5, Alg. 1; rate-distortion (Fisher) §5.3")
 def run(net, ctx, opts: PruneOptions) -> PassResult:
@@ -46,9 +48,13 @@ def run(net, ctx, opts: PruneOptions) -> PassResult:
     method = f"lap-{order}" if order is not None else scores.method
     layers = []
     for old, layer in zip(net.layers, new.layers):
-        nz_before, nz_after = int(np.count_nonzero(old.weight)), int(np.count_nonzero(layer.weight))
-        layers.append({"layer": old.layer_id, "weights": int(old.weight.size), "nonzero_before": nz_before,
-                       "nonzero_after": nz_after, "sparsity": round(1 - nz_after / old.weight.size, 6)})
+        if not tunable(old):
+            continue
+        before, after = tensor(old), tensor(layer)
+        nz_before, nz_after = int(np.count_nonzero(before)), int(np.count_nonzero(after))
+        layers.append({"layer": old.layer_id, "kind": "conv" if is_conv(old) else "dense", "weights": int(before.size),
+                       "nonzero_before": nz_before, "nonzero_after": nz_after,
+                       "sparsity": round(1 - nz_after / before.size, 6)})
     total = sum(l["weights"] for l in layers)
     kept = sum(l["nonzero_after"] for l in layers)
     entry = dict(choice.entry, score=method, granularity=opts.granularity, layers=layers,

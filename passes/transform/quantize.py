@@ -1,4 +1,4 @@
-"""``quantize`` · Dense(W) -> Dense(codebook[codes]) by (Fisher-)weighted k-means per layer, or per-channel int8."""
+"""``quantize`` · Dense(W) -> Dense(codebook[codes]), Conv(K) -> Conv(codebook[codes]) by (Fisher-)weighted k-means per layer, or per-channel int8."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 
 from onnxcomp.budget import choose, pick_scores
 from onnxcomp.errors import UsageError
+from onnxcomp.conv import is_conv
 from onnxcomp.options import option
+from onnxcomp.params import tensor, tunable
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.quantization import LEVELS, METHODS, importance_weights, int8_layer, kmeans_layer
 from onnxcomp.scores import BY_NAME as SCORE_TYPES, FisherScores, LookaheadScores, required
@@ -26,7 +28,7 @@ class QuantizeOptions:
 
 
 @register("quantize", kind=LOSSY, options=QuantizeOptions, requires=lambda opts: required(opts.score),
-          uses=(FisherScores, LookaheadScores),
+          uses=(FisherScores, LookaheadScores), conv=True,
           summary="weight sharing by (Fisher-)weighted k-means per layer, or per-channel int8",
           paper="rate-distortion (Fisher) §5.3, §6.1, App. C.2")
 def run(net, ctx, opts: QuantizeOptions) -> PassResult:
@@ -60,13 +62,16 @@ def run(net, ctx, opts: QuantizeOptions) -> PassResult:
     data_bytes = storage_summary(emitted)
     layers, stored, weights = [], 0, 0
     for k, (old, layer) in enumerate(zip(net.layers, new.layers)):
+        if not tunable(layer):
+            continue
         enc = layer_storage(layer, np_dtype)
+        w_new, w_old = tensor(layer), tensor(old)
         stored += data_bytes.get(k, 0)
-        weights += layer.weight.size
-        layers.append({"layer": old.layer_id, "weights": int(layer.weight.size),
-                       "distinct_values": int(np.unique(layer.weight).size),
+        weights += w_new.size
+        layers.append({"layer": old.layer_id, "kind": "conv" if is_conv(layer) else "dense", "weights": int(w_new.size),
+                       "distinct_values": int(np.unique(w_new).size),
                        "format": f"{enc.positions}/{enc.values}", "stored_bytes": data_bytes.get(k, 0),
-                       "max_abs_change": float(np.abs(layer.weight - old.weight).max(initial=0.0))})
+                       "max_abs_change": float(np.abs(w_new - w_old).max(initial=0.0))})
     bpw = 8 * stored / max(weights, 1)
     file_bytes = len(emitted.SerializeToString())
     entry = dict(choice.entry, method=opts.quant, objective=objective, layers=layers,

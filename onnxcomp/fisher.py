@@ -75,7 +75,7 @@ def _pull_back(layer, d: np.ndarray) -> np.ndarray:
     """``d @ layer.weight`` for seeds ``d`` (N, S, n_out): the signal at the layer's input."""
     n, c, w = d.shape
     flat = d.reshape(n * c, w)
-    back = np.asarray((layer.weight.T @ flat.T).T) if is_conv(layer) else flat @ layer.weight
+    back = layer.transpose_convolve(flat) if is_conv(layer) else flat @ layer.weight
     return back.reshape(n, c, layer.n_in)
 
 

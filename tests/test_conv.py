@@ -81,6 +81,18 @@ def test_sparse_operator_is_onnxruntime_conv(g):
     # the transposed product (CROWN's back-substitution) is the adjoint of the forward one
     v = rng.normal(size=(3, layer.n_out))
     assert np.allclose(np.asarray(v @ layer.weight) @ x.T, v @ np.asarray(x @ layer.weight.T).T)
+    # the direct (im2col) convolution and its transpose, used for large batches, are the same products,
+    # also for a subset of emitted units and a permuted input
+    from dataclasses import replace
+
+    perm = tuple(int(i) for i in rng.permutation(layer.n_in))
+    keep = tuple(int(u) for u in np.flatnonzero(rng.uniform(size=layer.n_full) < 0.6)) or (0,)
+    for variant in (layer, replace(layer, in_perm=perm), replace(layer, units=keep)):
+        xs = rng.normal(size=(20, variant.n_in))
+        assert np.allclose(variant.convolve(xs), np.asarray(xs @ variant.weight.T), rtol=1e-12, atol=1e-12)
+        ds = rng.normal(size=(20, variant.n_out))
+        assert np.allclose(variant.transpose_convolve(ds), np.asarray((variant.weight.T @ ds.T).T), rtol=1e-12,
+                           atol=1e-12)
 
 
 def _small_cnn(seed=0, pad_node=True, transpose_head=False):

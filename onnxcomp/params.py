@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .conv import Conv, is_conv
+from .conv import is_conv
 
 
 def tunable(layer) -> bool:
@@ -49,11 +49,6 @@ def by_unit(values: np.ndarray) -> np.ndarray:
 def n_units(layer) -> int:
     """Output units structured pruning counts: neurons of a dense layer, output channels of a convolution."""
     return layer.out_channels if is_conv(layer) else layer.n_out
-
-
-def tunable_weights(net) -> int:
-    """How many stored weights the lossy passes may change."""
-    return sum(tensor(layer).size for layer in net.layers if tunable(layer))
 
 
 class Neighbours:

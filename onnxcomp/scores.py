@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import Network
-from .params import tensor
+from .params import Neighbours, n_units, tensor, tunable
 
 
 @dataclass
@@ -84,8 +84,6 @@ def pruned_from(net: Network, parent: Network) -> bool:
 def magnitude_scores(net: Network) -> WeightScores:
     """The baseline: |w| per weight; per unit (neuron or output channel) the L2 norm of its incoming
     weights times that of the weights reading it (at every position, for a channel)."""
-    from .params import Neighbours, n_units, tunable
-
     tensors = [tensor(layer) for layer in net.layers]
     neighbours = Neighbours(net)
     weights, neurons = [], []

@@ -411,13 +411,25 @@ def _growth(before: int, after: int) -> str:
 
 # ---- verify -------------------------------------------------------------------------------------------------------
 def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, *,
-           domain: Any = None, data: Any = None, formal: bool = False, **options: Any) -> VerifyResult:
+           domain: Any = None, data: Any = None, formal: bool = False, progress: Progress | None = None,
+           **options: Any) -> VerifyResult:
     """Check that ``candidate`` computes what ``reference`` computes, with onnxruntime on domain samples,
     the box's corners and ``data`` rows; with ``formal``, also certify ``max |f1 - f2|`` over the box.
 
     The domain defaults to the one onnxcomp recorded in the candidate's metadata.  Returns the statistics
     (``passed``, ``max_abs_err``, ...), with ``report`` (the dictionary ``--report`` writes) and
-    ``formal`` (the certificate block, or ``None``)."""
+    ``formal`` (the certificate block, or ``None``).  ``progress`` (a :class:`~onnxcomp.pipeline.Progress`)
+    is told the stages: ``samples``, then with ``formal`` ``formal: certificate replay`` (when the candidate
+    carries a certificate) and ``formal: bounds`` (when the replay did not settle it), each with its
+    deadline (``--time-limit`` bounds the formal check); ``done()`` once at the end."""
+    progress = progress or Progress()
+    try:
+        return _verify(reference, candidate, domain, data, formal, progress, options)
+    finally:
+        progress.done()
+
+
+def _verify(reference, candidate, domain, data, formal: bool, progress: Progress, options: dict) -> VerifyResult:
     unknown = sorted(set(options) - VERIFY_KEYS)
     if unknown:
         raise OptionError(unknown[0], "unknown option")
@@ -436,6 +448,7 @@ def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.Model
         box = domain_from_metadata(cand, n_ref)
     if box is None and x is None:
         raise UsageError("give --domain or --data (the candidate's metadata records no domain)")
+    progress.stage("samples", Deadline())  # the sampled check has no time limit; --time-limit bounds --formal
     result = verify_models(ref, cand, box=box, data=x, samples=s.samples, corners=s.corners, seed=s.seed,
                            atol=s.atol, rtol=s.rtol, device=s.device)
     report = Report(command="verify", input=ref_name, output=cand_name)
@@ -444,7 +457,8 @@ def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.Model
         from .workers import Workers
 
         with Workers(s.jobs, s.cluster) as workers:
-            report.formal = _formal_check(ref, cand, ref_name, cand_name, box, s, result.output_scale, workers)
+            report.formal = _formal_check(ref, cand, ref_name, cand_name, box, s, result.output_scale, workers,
+                                          progress)
         if not report.formal["passed"]:
             result.passed = False
             result.reason = (result.reason + "; " if result.reason else "") + report.formal["verdict"]
@@ -454,7 +468,8 @@ def verify(reference: onnx.ModelProto | str | os.PathLike, candidate: onnx.Model
     return result
 
 
-def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale: float, workers) -> dict:
+def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale: float, workers,
+                  progress: Progress) -> dict:
     """Certified bound on max |ref - cand| over the box, on the dense chains of both models; the tolerance
     is the sampled verification's (``atol + rtol * scale``, scale = max |ref output| on the samples).
 
@@ -490,6 +505,7 @@ def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale:
             replayed = {"certified": False, "reason": str(exc)}
         else:
             dtype = np.dtype(nets[1].onnx.np_dtype).name
+            progress.stage("formal: certificate replay", deadline)
             rep = replay(nets[0], nets[1], box, cert, deadline=deadline.share(0.9), workers=workers,
                          candidate_dtype=dtype, tolerance=tol)
             replayed = rep.to_dict()
@@ -497,6 +513,7 @@ def _formal_check(ref, cand, ref_name, cand_name, box, s: VerifySettings, scale:
                 how = "certificate replay" + (f" + {rep.difference_method}" if rep.bound == rep.difference_bound else "")
                 res = FormalResult(rep.bound, 0.0, [], True, "highs", rep.seconds, scale, how)
     if replayed is None or not (replayed.get("certified") and replayed.get("bound", np.inf) <= tol):
+        progress.stage("formal: bounds", deadline)
         res = max_difference(nets[0], nets[1], box, solver=s.solver, tolerance=tol, workers=workers, deadline=deadline)
     passed = res.certified_max_abs_diff <= tol
     if passed:

@@ -498,7 +498,8 @@ def _verify(reference, candidate, report, format, debug, **options) -> None:
     given = {k: v for k, v in options.items() if v is not None}
     inputs = {k: given.pop(k) for k in ("domain", "data") if k in given}
     try:
-        result = api.verify(reference, candidate, **inputs, **given)
+        result = api.verify(reference, candidate, progress=_RichProgress(err if fmt == "text" else None), **inputs,
+                            **given)
     except OptionError as exc:
         raise _relabel(exc, {}) from None
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .calibration import CalibrationSet, activation_moments, chain_input_batches, hidden_activations
+from .channels import Span, outgoing_norms, spans, unit_batches, unit_count, unit_ids, unit_moments, unit_view
+from .conv import is_conv
 from .ir import Network
 
 RIDGE = 1e-10
@@ -118,6 +120,10 @@ class LayerDependence:
     next_scale: float
     mean: np.ndarray
     cov: np.ndarray
+    unit: str = "neuron"
+    """What a unit is: ``neuron`` (a dense layer), or ``channel`` (a convolution: the arrays are over its
+    output channels, the moments over samples × positions of the map the next tunable layer reads, and
+    ``neuron_ids`` holds the original channel ids)."""
 
     @property
     def exact_neurons(self) -> list[int]:
@@ -127,7 +133,8 @@ class LayerDependence:
 
 @dataclass
 class Dependence:
-    """LRE analysis of every hidden layer (``layers[k]`` describes ``net.layers[k]``)."""
+    """LRE analysis of every layer whose units can be removed (``onnxcomp.channels.spans``): on a dense
+    network ``layers[k]`` describes ``net.layers[k]``; in general :meth:`of` finds a layer's entry."""
 
     layers: list
     samples: int
@@ -138,9 +145,13 @@ class Dependence:
     def matches(self, net: Network) -> bool:
         return self.fingerprint == net.fingerprint()
 
+    def of(self, k: int) -> LayerDependence | None:
+        """The entry of ``net.layers[k]`` (``None`` when its units were not analysed)."""
+        return next((d for d in self.layers if d.layer == k), None)
+
     def summary(self) -> list[dict]:
         return [
-            {"layer": d.layer_id, "width": len(d.neuron_ids), "exact": int(np.sum(d.exact)), "removable": d.n_exact,
+            {"layer": d.layer_id, **({"unit": d.unit} if d.unit != "neuron" else {}), "width": len(d.neuron_ids), "exact": int(np.sum(d.exact)), "removable": d.n_exact,
              "proved": int(sum(1 for p in d.proof if p)),
              "median_residual_rel": float(np.median(d.residual_rel)) if d.residual_rel.size else 0.0}
             for d in self.layers
@@ -148,34 +159,55 @@ class Dependence:
 
 
 # ---- structural facts (hold for every input) ----------------------------------------------------------------
-def structural_proofs(net: Network, k: int, rel_tol: float = 1e-12) -> tuple[list[str], list[list[int]]]:
-    """Per neuron of hidden layer k: a reason it is removable on every input (or ''), and its twins.
+def unit_rows(layer) -> np.ndarray:
+    """Each unit's incoming parameters as one row: (weights, bias) of a neuron, (kernel, per-position
+    bias) of a convolution's output channel."""
+    if is_conv(layer):
+        return np.hstack([layer.kernel.reshape(layer.out_channels, -1), layer.unit_bias.reshape(layer.out_channels, -1)])
+    return np.hstack([layer.weight, layer.bias[:, None]])
 
-    Twins are the other neurons whose (incoming weights, bias) are a positive multiple of its own:
+
+def structural_proofs(net: Network, k: int, rel_tol: float = 1e-12, sp: Span | None = None
+                      ) -> tuple[list[str], list[list[int]]]:
+    """Per unit of hidden layer k: a reason it is removable on every input (or ''), and its twins.
+
+    Twins are the other units whose (incoming weights, bias) are a positive multiple of its own:
     ``relu(a·y) = a·relu(y)`` for ``a > 0``, so any one of them reproduces the others exactly.  "Multiple"
     is checked as cosine >= 1 − 1e-12 (rows equal up to ~1e-6 relative: float32 storage rounding passes,
-    a genuinely different neuron does not).
+    a genuinely different neuron does not).  For a convolution's channels (``sp`` its span) the same holds
+    through pooling layers between it and its reader (they commute with positive scaling and keep zero
+    maps zero); through a per-channel scaling, whose shift a padded pooling would make position-dependent,
+    no structural reason is given and the samples decide.
     """
-    layer, nxt = net.layers[k], net.layers[k + 1]
-    rows = np.hstack([layer.weight, layer.bias[:, None]])
+    sp = sp or Span(k, k + 1, False)
+    layer = net.layers[k]
+    rows = unit_rows(layer)
     norms = np.linalg.norm(rows, axis=1)
-    incoming = np.linalg.norm(layer.weight, axis=1)
-    outgoing = np.linalg.norm(nxt.weight, axis=0)
-    ids = layer.neuron_ids
-    proofs, twins = [""] * layer.n_out, [[] for _ in range(layer.n_out)]
+    incoming = np.linalg.norm(rows[:, :-1] if not sp.conv else layer.kernel.reshape(layer.out_channels, -1), axis=1)
+    outgoing = outgoing_norms(net, sp)
+    ids = unit_ids(layer)
+    n = unit_count(layer)
+    proofs, twins = [""] * n, [[] for _ in range(n)]
+    if sp.conv and any(net.layers[m].op not in ("AveragePool", "MaxPool") for m in range(sp.k + 1, sp.j)):
+        return proofs, twins
+    what_unit = "channel" if sp.conv else "neuron"
     unit = np.divide(rows, norms[:, None], out=np.zeros_like(rows), where=norms[:, None] > 0)
     cos = unit @ unit.T
-    for l in range(layer.n_out):
+    for l in range(n):
         twins[l] = [int(m) for m in np.flatnonzero(cos[l] >= 1.0 - rel_tol) if m != l and incoming[m] > 0]
         if outgoing[l] == 0.0:
             proofs[l] = "no outgoing weights"
         elif incoming[l] == 0.0:
-            value = max(layer.bias[l], 0.0) if layer.is_relu else layer.bias[l]
-            what = "zero neuron" if value == 0.0 else f"constant {value:.6g}"
-            proofs[l] = f"{what} (no incoming weights)"
+            bias = rows[l, -1] if not sp.conv else layer.unit_bias[l]
+            value = np.maximum(bias, 0.0) if layer.is_relu else bias
+            if not sp.conv:
+                what = "zero neuron" if value == 0.0 else f"constant {value:.6g}"
+                proofs[l] = f"{what} (no incoming weights)"
+            elif not np.any(value):
+                proofs[l] = "zero channel (no incoming weights)"
         elif twins[l]:
             m = twins[l][0]
-            proofs[l] = f"duplicate of neuron {ids[m]} (x{norms[l] / norms[m]:.6g})"
+            proofs[l] = f"duplicate of {what_unit} {ids[m]} (x{norms[l] / norms[m]:.6g})"
     return proofs, twins
 
 
@@ -234,16 +266,55 @@ def _elimination(cov: np.ndarray, outgoing: np.ndarray, first: np.ndarray) -> tu
     return order, g, est
 
 
-def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: float) -> list[LayerDependence]:
-    """One-shot residuals, greedy order and exactness of every hidden layer, from ``moments``."""
+def _dense_residuals(net: Network, calib: CalibrationSet, plans: dict) -> tuple[dict, int, dict]:
+    """Squared residuals of the predictors ``plans`` on the samples of a dense network."""
+    sq = {k: np.zeros(2 * net.layers[k].n_out) for k in plans}
+    count = 0
+    if plans:
+        for h in chain_input_batches(net, calib.batches(), calib.device):
+            acts = hidden_activations(net, h, max(plans))
+            for k, (mean, pred, _, _) in plans.items():
+                e = (acts[k] - mean) @ pred
+                sq[k] += np.einsum("ij,ij->j", e, e)
+            count += h.shape[0]
+    return sq, count, {}
+
+
+def _unit_residuals(net: Network, calib: CalibrationSet, plans: dict, by_k: dict) -> tuple[dict, int, dict]:
+    """Squared residuals (per observation: sample × position) of the predictors ``plans`` over the unit
+    views, and per span the mean square of the next tunable layer's pre-activation."""
+    sq = {k: np.zeros(2 * unit_count(net.layers[k])) for k in plans}
+    y_sq = {k: 0.0 for k in plans}
+    count = {k: 0 for k in plans}
+    samples = 0
+    wanted = [by_k[k] for k in plans]
+    for n, out in unit_batches(net, calib, wanted):
+        for k, (mean, pred, _, _) in plans.items():
+            sp = by_k[k]
+            view = unit_view(net, sp, out[sp.read])
+            e = (view - mean) @ pred
+            sq[k] += np.einsum("ij,ij->j", e, e)
+            count[k] += view.shape[0]
+            y = net.layers[sp.j].preactivation(out[sp.read])
+            y_sq[k] += float(np.sum(np.square(y))) / y.shape[1]
+        samples += n
+    counts = {k: count[k] for k in plans}
+    next_scale = {k: float(np.sqrt(y_sq[k] / max(samples, 1))) for k in plans}
+    return {k: sq[k] / max(counts[k], 1) for k in plans}, samples, next_scale
+
+
+def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: float,
+                   sps: list[Span] | None = None) -> list[LayerDependence]:
+    """One-shot residuals, greedy order and exactness of every layer in ``moments`` (keyed by layer index;
+    ``sps`` their spans, dense ``k -> k + 1`` by default), from those moments."""
+    by_k = {sp.k: sp for sp in sps} if sps is not None else {k: Span(k, k + 1, False) for k in moments}
     plans = {}
     for k, mom in moments.items():
-        layer, nxt = net.layers[k], net.layers[k + 1]
         cov, mean = mom.cov, mom.mean
-        d = layer.n_out
-        outgoing = np.linalg.norm(nxt.weight, axis=0)
+        d = cov.shape[0]
+        outgoing = outgoing_norms(net, by_k[k])
         var = np.diag(cov)
-        # one-shot predictors: each neuron from all the others
+        # one-shot predictors: each unit from all the others
         one = np.zeros((d, d))
         live = np.flatnonzero(var > 0.0)
         one[np.flatnonzero(var <= 0.0), np.flatnonzero(var <= 0.0)] = 1.0
@@ -254,21 +325,19 @@ def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: floa
         order, greedy, _ = _elimination(cov, outgoing, outgoing == 0.0)
         plans[k] = (mean, np.hstack([one, greedy]), order, outgoing)
     # second pass: residuals measured directly on the samples (no cancellation from u'Σu)
-    sq = {k: np.zeros(2 * net.layers[k].n_out) for k in moments}
-    count = 0
-    if plans:
-        for h in chain_input_batches(net, calib.batches(), calib.device):
-            acts = hidden_activations(net, h, max(plans))
-            for k, (mean, pred, _, _) in plans.items():
-                e = (acts[k] - mean) @ pred
-                sq[k] += np.einsum("ij,ij->j", e, e)
-            count += h.shape[0]
+    conv = any(sp.conv for sp in by_k.values())
+    if conv:
+        mean_sq, _, measured_scale = _unit_residuals(net, calib, plans, by_k)
+    else:
+        sq, count, measured_scale = _dense_residuals(net, calib, plans)
+        mean_sq = {k: sq[k] / max(count, 1) for k in plans}
     result = []
     for k, (mean, pred, order, outgoing) in plans.items():
-        layer, nxt = net.layers[k], net.layers[k + 1]
+        layer, sp = net.layers[k], by_k[k]
+        nxt = net.layers[sp.j]
         mom = moments[k]
-        d = layer.n_out
-        res = np.sqrt(sq[k] / max(count, 1))
+        d = mom.cov.shape[0]
+        res = np.sqrt(mean_sq[k])
         rms = np.sqrt(mom.second)
         scale = float(np.sqrt(np.mean(mom.second))) if d else 0.0
         residual_abs = res[:d]
@@ -277,25 +346,41 @@ def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: floa
         order_arr = np.asarray(order, dtype=int)
         order_res = res[d:][: len(order)]
         order_cost = order_res * outgoing[order_arr]
-        y_second = np.einsum("ij,jk,ik->i", nxt.weight, mom.cov, nxt.weight) + (nxt.weight @ mom.mean + nxt.bias) ** 2
-        next_scale = float(np.sqrt(np.mean(y_second)))
+        if k in measured_scale:
+            next_scale = measured_scale[k]
+        else:
+            y_second = (np.einsum("ij,jk,ik->i", nxt.weight, mom.cov, nxt.weight)
+                        + (nxt.weight @ mom.mean + nxt.bias) ** 2)
+            next_scale = float(np.sqrt(np.mean(y_second)))
         # lossless prefix: removing all of it changes the next layer's input by at most tol of its RMS
-        # (triangle inequality over the per-neuron changes)
+        # (triangle inequality over the per-unit changes)
         ok = np.cumsum(order_cost) <= tol * next_scale
         n_exact = int(np.argmin(ok)) if not ok.all() else len(order)
         cost_rel = order_cost / next_scale if next_scale > 0 else order_cost
-        proofs, twins = structural_proofs(net, k)
+        proofs, twins = structural_proofs(net, k, sp=sp)
         result.append(LayerDependence(
-            layer=k, layer_id=layer.layer_id, neuron_ids=layer.neuron_ids, rms=rms, residual_abs=residual_abs,
+            layer=k, layer_id=layer.layer_id, neuron_ids=unit_ids(layer), rms=rms, residual_abs=residual_abs,
             residual_rel=residual_rel, exact=exact, proof=proofs, twins=twins, outgoing=outgoing,
             order=order_arr, order_residual=order_res, order_cost=order_cost, order_cost_rel=cost_rel,
             n_exact=n_exact, scale=scale, next_scale=next_scale, mean=mom.mean, cov=mom.cov,
+            unit="channel" if sp.conv else "neuron",
         ))
     return result
 
 
 def analyse(net: Network, calib: CalibrationSet, tol: float = DEFAULT_TOL) -> Dependence:
-    """LRE analysis of every hidden layer of ``net`` on the calibration set."""
-    moments = activation_moments(net, calib)
-    samples = next(iter(moments.values())).count if moments else 0
-    return Dependence(analyse_layers(net, calib, moments, tol), samples, calib.sources(), tol, net.fingerprint())
+    """LRE analysis of every layer of ``net`` whose units can be removed, on the calibration set (a dense
+    network: every hidden layer; a convolutional one also each convolution's output channels)."""
+    if not net.has_conv:
+        moments = activation_moments(net, calib)
+        samples = next(iter(moments.values())).count if moments else 0
+        return Dependence(analyse_layers(net, calib, moments, tol), samples, calib.sources(), tol, net.fingerprint())
+    sps = spans(net)
+    moments = unit_moments(net, calib, sps)
+    layers = analyse_layers(net, calib, moments, tol, sps)
+    first = next((sp for sp in sps if not sp.conv), None) or (sps[0] if sps else None)
+    samples = 0
+    if first is not None:
+        per_sample = 1 if not first.conv else net.layers[first.read].n_out // net.layers[first.read].out_channels
+        samples = moments[first.k].count // per_sample
+    return Dependence(layers, samples, calib.sources(), tol, net.fingerprint())

@@ -1,4 +1,6 @@
-"""Removing whole hidden neurons (the ``drop`` pass's machinery): Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted.
+"""Removing whole hidden units (the ``drop`` pass's machinery): Dense_k(n) → Dense_k(n − m), Dense_{k+1} readjusted;
+on a convolutional network also Conv_k(C) → Conv_k(C − m), output channels with their pooling, the next
+tunable layer readjusted channel-wise (``onnxcomp.channels`` holds the removal and its algebra).
 
 Removing the set ``J`` of neurons of hidden layer ``k`` (keeping ``H``) deletes their rows of ``W_k, b_k``
 and replaces their contribution to the next layer by its best affine prediction from the kept neurons,
@@ -21,7 +23,11 @@ its greedy order) always come first; the rest follow the score (option ``score``
   scores are in the units of each layer's own weights and would not compare across layers otherwise;
 * ``auto`` -- ``dependence`` when it ran, else ``fisher``, else ``lap``, else ``magnitude``.
 
-Each hidden layer keeps at least one neuron.  Strength (option ``drop``): a fraction ``0 < f < 1`` of
+On a CNN the ranking holds dense neurons and conv output channels together (``channels.spans``: every
+tunable layer but the last whose units can go), scores normalised per layer as above; a channel's
+statistics are over samples × positions of the map the next tunable layer reads.
+
+Each hidden layer keeps at least one neuron (channel).  Strength (option ``drop``): a fraction ``0 < f < 1`` of
 the hidden neurons or a count ``>= 1``; with a fidelity budget the strongest count meeting it is searched
 (``lossy.apply_with_budget``); with neither, only the lossless neurons are dropped.  Layers are readjusted
 first to last, each on the activations of the network as already changed; the statistics are fitted on
@@ -39,11 +45,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .calibration import CalibrationSet, activation_moments
-from .dependence import Dependence, affine_predictor
+from .channels import Span, remove_units, spans, unit_count, unit_ids, unit_moments
+from .conv import is_conv
+from .dependence import Dependence, affine_predictor, unit_rows
 from .errors import UsageError
 from .ir import Network
 
 SOURCES = ("auto", "dependence", "fisher", "lap", "magnitude")
+UNITS = ("all", "channels", "neurons")
+"""Which units ``drop`` may remove: every hidden unit, conv output channels only (what removes a CNN's
+MACs), or dense neurons only."""
 ANALYSIS_OF = {"dependence": "dependence", "fisher": "fisher", "lap": "lookahead"}
 
 
@@ -58,18 +69,31 @@ class Candidate:
     why: str
 
 
-def parse_drop(value, total: int, cap: int) -> int:
-    """``--drop`` as a number of neurons: a fraction of ``total`` hidden neurons, or a count."""
+def parse_drop(value, total: int, cap: int, noun: str = "neurons") -> int:
+    """``--drop`` as a number of units: a fraction of ``total`` hidden units (``noun``), or a count."""
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"--drop {value!r}: expected a fraction 0 < f < 1 or a count of neurons") from None
+        raise UsageError(f"--drop {value!r}: expected a fraction 0 < f < 1 or a count of {noun}") from None
     if not np.isfinite(x) or x < 0 or (x >= 1 and x != int(x)):
-        raise UsageError(f"--drop {x:g}: expected a fraction 0 < f < 1 or a whole count of neurons")
+        raise UsageError(f"--drop {x:g}: expected a fraction 0 < f < 1 or a whole count of {noun}")
     count = int(round(x * total)) if x < 1 else int(x)
     if count > cap:
-        raise UsageError(f"--drop {x:g}: at most {cap} of the {total} hidden neurons can go (each layer keeps one)")
+        raise UsageError(f"--drop {x:g}: at most {cap} of the {total} hidden {noun} can go (each layer keeps one)")
     return count
+
+
+def droppable(net: Network, units: str = "all") -> list[Span]:
+    """The layers whose units ``drop`` may remove, with the layer that reads them (``channels.spans``): on a
+    dense network every hidden layer; on a convolutional one also each convolution's output channels
+    (``units``: only the convolutions' or only the dense layers', see :data:`UNITS`)."""
+    return [sp for sp in spans(net) if units == "all" or sp.conv == (units == "channels")]
+
+
+def unit_noun(net: Network, units: str = "all") -> str:
+    if units == "channels":
+        return "conv channels"
+    return "units (neurons and channels)" if net.has_conv and units == "all" else "neurons"
 
 
 def neuron_scores(source: str, scores, net: Network):
@@ -91,46 +115,50 @@ def _why_lossless(layer, d, pos: int, samples: int, kept: set) -> str:
     """Why removing lossless neuron ``pos`` of ``layer`` (analysed in ``d``) changes nothing, given the
     positions ``kept`` in the final network (a duplicate is explained by a twin that stayed)."""
     twin = next((m for m in d.twins[pos] if m in kept), None)
+    where = " at every position" if d.unit == "channel" else ""
     if twin is not None:
-        rows = np.hstack([layer.weight, layer.bias[:, None]])
+        rows = unit_rows(layer)
         scale = np.linalg.norm(rows[pos]) / np.linalg.norm(rows[twin])
-        return f"duplicate of neuron {layer.neuron_ids[twin]} (x{scale:.6g}); removal is exact on every input"
+        return f"duplicate of {d.unit} {unit_ids(layer)[twin]} (x{scale:.6g}); removal is exact on every input"
     if d.proof[pos] and not d.twins[pos]:
         return f"{d.proof[pos]}; removal is exact on every input"
     if d.rms[pos] == 0.0:
-        return f"zero (never active) on all {samples} samples"
+        return f"zero (never active) on all {samples} samples{where}"
     if d.cov[pos, pos] == 0.0:
-        return f"constant {d.mean[pos]:.6g} on all {samples} samples (folded into the next bias)"
+        return f"constant {d.mean[pos]:.6g} on all {samples} samples{where} (folded into the next bias)"
     if d.exact[pos]:
-        return (f"linearly dependent on the other neurons on {samples} samples (residual {d.residual_rel[pos]:.1e} "
-                f"of its RMS); removal exact on those samples")
+        return (f"linearly dependent on the other {d.unit}s on {samples} samples{where} (residual "
+                f"{d.residual_rel[pos]:.1e} of its RMS); removal exact on those samples")
     t = int(np.flatnonzero(d.order == pos)[0])
     return (f"removal changes the next layer's input by {d.order_cost_rel[t]:.1e} of its RMS on {samples} samples "
             f"(outgoing weights {d.outgoing[pos]:.1e})")
 
 
-def ranking(net: Network, source: str, dep: Dependence | None, scores: dict) -> tuple[list[Candidate], str]:
-    """All droppable hidden neurons, lossless ones first, in the order they would be dropped, and the score
-    method used.  ``source`` is the ``--score`` value (``auto`` resolved by the caller's annotations),
-    ``dep`` the ``dependence`` annotation when it describes ``net``, ``scores`` maps ``fisher``/``lap`` to
-    their annotations (or ``None``)."""
+def ranking(net: Network, source: str, dep: Dependence | None, scores: dict,
+            units: str = "all") -> tuple[list[Candidate], str]:
+    """All droppable hidden units (neurons, and output channels of convolutions), lossless ones first, in
+    the order they would be dropped, and the score method used.  ``source`` is the ``--score`` value
+    (``auto`` resolved by the caller's annotations), ``dep`` the ``dependence`` annotation when it describes
+    ``net``, ``scores`` maps ``fisher``/``lap`` to their annotations (or ``None``); ``units`` restricts
+    the candidates (:data:`UNITS`)."""
     if source == "auto":
         source = "dependence" if dep is not None else next(
             (s for s in ("fisher", "lap") if scores.get(s) is not None), "magnitude")
     if source == "dependence" and dep is None:
         raise UsageError("--score dependence needs the 'dependence' analysis before this pass (e.g. -p lre)")
-    hidden = range(len(net.layers) - 1)
+    hidden = [sp.k for sp in droppable(net, units)]
     cands: list[Candidate] = []
     lossless: set = set()
+    analysed = [d for d in dep.layers if d.layer in hidden] if dep is not None else []
     if dep is not None:
-        for d in dep.layers:
+        for d in analysed:
             for pos in d.exact_neurons:
                 cands.append(Candidate(d.layer, pos, 0.0, True, ""))  # explained once the kept set is known
                 lossless.add((d.layer, pos))
     rest: list[Candidate] = []
     if source == "dependence":
         method = "dependence"
-        for d in dep.layers:
+        for d in analysed:
             # keys made non-decreasing along each layer's greedy order, so the global sort keeps that order
             keys = np.maximum.accumulate(d.order_cost_rel)
             for t, pos in enumerate(d.order):
@@ -140,13 +168,17 @@ def ranking(net: Network, source: str, dep: Dependence | None, scores: dict) -> 
     else:
         method, neurons = neuron_scores(source, scores.get(source), net)
         for k in hidden:
+            if neurons[k] is None or len(neurons[k]) != unit_count(net.layers[k]):
+                raise UsageError(f"the '{method}' scores have no per-channel entry for layer "
+                                 f"{net.layers[k].layer_id}; --score magnitude or dependence can drop its channels")
             s = np.asarray(neurons[k], dtype=np.float64)
             norm = s if source == "fisher" else s / max(float(np.mean(s)), np.finfo(float).tiny)
+            what = "channel" if is_conv(net.layers[k]) else "neuron"
             for pos in np.argsort(norm, kind="stable"):
                 if (k, int(pos)) not in lossless:
-                    rest.append(Candidate(k, int(pos), float(norm[pos]), False, f"{method} neuron score {s[pos]:.3g}"))
+                    rest.append(Candidate(k, int(pos), float(norm[pos]), False, f"{method} {what} score {s[pos]:.3g}"))
     rest.sort(key=lambda c: c.key)  # stable: ties keep the per-layer order
-    left = {k: net.layers[k].n_out for k in hidden}
+    left = {k: unit_count(net.layers[k]) for k in hidden}
     ordered = []
     for c in cands + rest:
         if left[c.k] > 1:
@@ -155,38 +187,46 @@ def ranking(net: Network, source: str, dep: Dependence | None, scores: dict) -> 
     return ordered, method
 
 
+def _unit_moments(net: Network, calib: CalibrationSet, sp: Span):
+    if not net.has_conv:
+        mom = activation_moments(net, calib, [sp.k])[sp.k]
+    else:
+        mom = unit_moments(net, calib, [sp])[sp.k]
+    return mom.mean, mom.cov
+
+
 def drop_neurons(net: Network, calib: CalibrationSet, chosen: list[Candidate], dep: Dependence | None = None,
-                 cache: dict | None = None) -> Network:
-    """``net`` without the ``chosen`` hidden neurons, each next layer readjusted by least squares."""
+                 cache: dict | None = None, readjust: bool = True) -> Network:
+    """``net`` without the ``chosen`` hidden units, each next tunable layer readjusted by least squares
+    (``readjust=False``: plain removal, for comparison)."""
     by_layer: dict[int, list[int]] = {}
     for c in chosen:
         by_layer.setdefault(c.k, []).append(c.pos)
     exact_sets = {d.layer: set(d.exact_neurons) for d in dep.layers} if dep is not None else {}
-    layers = list(net.layers)
+    by_k = {sp.k: sp for sp in droppable(net)}
     cur = net
     unchanged_upstream = True  # every drop so far was lossless, so activations equal the analysed ones
     history: tuple = ()
     for k in sorted(by_layer):
+        sp = by_k[k]
         drop = np.array(sorted(by_layer[k]), dtype=int)
-        keep = np.setdiff1d(np.arange(layers[k].n_out), drop)
-        if unchanged_upstream and dep is not None:
-            mean, cov = dep.layers[k].mean, dep.layers[k].cov
-        else:
-            key = (k, history)
-            if cache is not None and key in cache:
-                mean, cov = cache[key]
+        keep = np.setdiff1d(np.arange(unit_count(net.layers[k])), drop)
+        u = c = None
+        if readjust:
+            if unchanged_upstream and dep is not None and dep.of(k) is not None:
+                mean, cov = dep.of(k).mean, dep.of(k).cov
             else:
-                mom = activation_moments(cur, calib, [k])[k]
-                mean, cov = mom.mean, mom.cov
-                if cache is not None:
-                    cache[key] = (mean, cov)
-        u, c = affine_predictor(mean, cov, keep, drop)
-        layer, nxt = layers[k], layers[k + 1]
-        w_j = nxt.weight[:, drop]
-        layers[k] = replace(layer, weight=layer.weight[keep], bias=layer.bias[keep],
-                            neuron_ids=tuple(layer.neuron_ids[i] for i in keep), quant=None)
-        layers[k + 1] = replace(nxt, weight=nxt.weight[:, keep] + w_j @ u, bias=nxt.bias + w_j @ c, quant=None)
-        cur = net.with_layers(layers)
+                key = (k, history)
+                if cache is not None and key in cache:
+                    mean, cov = cache[key]
+                else:
+                    mean, cov = _unit_moments(cur, calib, sp)
+                    if cache is not None:
+                        cache[key] = (mean, cov)
+            u, c = affine_predictor(mean, cov, keep, drop)
+        mask = np.zeros(unit_count(net.layers[k]), bool)
+        mask[keep] = True
+        cur = remove_units(cur, sp, mask, u, c)
         history += ((k, tuple(drop)),)
         if not set(drop.tolist()) <= exact_sets.get(k, set()):
             unchanged_upstream = False
@@ -194,15 +234,17 @@ def drop_neurons(net: Network, calib: CalibrationSet, chosen: list[Candidate], d
 
 
 def removals(net: Network, new: Network, order: list[Candidate], dep: Dependence | None) -> list[dict]:
-    """Every hidden neuron of ``net`` missing from ``new``, in the original numbering, with the reason."""
-    hidden = range(len(net.layers) - 1)
-    kept_ids = {k: set(new.layers[k].neuron_ids) for k in hidden}
-    kept = {k: {i for i, nid in enumerate(net.layers[k].neuron_ids) if nid in kept_ids[k]} for k in hidden}
+    """Every hidden unit of ``net`` missing from ``new``, in the original numbering, with the reason (a
+    convolution's entries name the ``channel``, a dense layer's the ``neuron``)."""
+    hidden = {c.k for c in order}
+    kept_ids = {k: set(unit_ids(new.layers[k])) for k in hidden}
+    kept = {k: {i for i, nid in enumerate(unit_ids(net.layers[k])) if nid in kept_ids[k]} for k in hidden}
     removed = []
     for c in order:
         layer = net.layers[c.k]
-        nid = layer.neuron_ids[c.pos]
+        nid = unit_ids(layer)[c.pos]
         if nid not in kept_ids[c.k]:
-            why = _why_lossless(layer, dep.layers[c.k], c.pos, dep.samples, kept[c.k]) if c.lossless else c.why
-            removed.append({"layer": layer.layer_id, "neuron": int(nid), "why": why, "lossless": c.lossless})
+            why = _why_lossless(layer, dep.of(c.k), c.pos, dep.samples, kept[c.k]) if c.lossless else c.why
+            what = {"channel": int(nid), "unit": f"channel {int(nid)}"} if is_conv(layer) else {"neuron": int(nid)}
+            removed.append({"layer": layer.layer_id, **what, "why": why, "lossless": c.lossless})
     return removed

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .channels import carried_mask, carrier_end
 from .conv import is_conv
 from .ir import LINEAR, RELU, Dense, Network
 from .linalg import pivoted_qr
@@ -276,9 +277,7 @@ class _ConvPrefix:
         n, k = len(self.layers), 0
         while k < n:
             channels = self.layers[k].out_channels
-            j = k + 1
-            while j < n and self.layers[j].group == channels > 1:
-                j += 1
+            j = carrier_end(self.layers, k)
             consumer_ok = self.layers[j].group == 1 if j < n else bool(self.folder.layers)
             if self.layers[k].group == 1 and consumer_ok:
                 dead = np.logical_and.reduce([self._dead(m, channels) for m in range(k, j)])
@@ -287,7 +286,7 @@ class _ConvPrefix:
                 if dead.any():
                     keep = ~dead
                     for m in range(k, j):
-                        per_channel = np.repeat(keep, self.layers[m].out_channels // channels)
+                        per_channel = carried_mask(self.layers[m], keep, channels)
                         chan = self._channel_units(m)
                         self.log(m, np.flatnonzero(~per_channel[chan]), "inputs proven constant")
                         self._keep(m, per_channel[chan], per_channel)

@@ -306,3 +306,27 @@ def test_a_budget_picks_the_strongest_kernel_pruning_that_meets_it_on_a_cnn(tmp_
     assert len(fidelity["per_class"]) == 10
     held = budget["held_out"]
     assert held["accuracy_before"] - held["accuracy_after"] <= 0.01 + 1e-9
+
+
+def test_lookahead_multiplies_in_an_unfolded_batchnorm_scale():
+    """LAP Eq. 9: a BatchNormalization kept as a per-channel scaling ``a`` between two convolutions scales
+    both factors by ``|a|`` (the next kernel reads ``a * x``): here as if the scale were folded into the
+    next kernel's input slices (for the previous layer) and into the previous kernels (for the next)."""
+    from onnxcomp.conv import affine_channels
+    from onnxcomp.lookahead import lookahead_scores
+
+    rng = np.random.default_rng(5)
+    first = Conv(rng.normal(size=(3, 1, 3, 3)), rng.normal(size=3), (1, 6, 6))
+    a = np.array([0.5, -2.0, 3.0])
+    scale = affine_channels(first.out_shape, a, rng.normal(size=3))
+    second = Conv(rng.normal(size=(2, 3, 2, 2)), rng.normal(size=2), scale.out_shape)
+    head = Dense(rng.normal(size=(4, second.n_out)), np.zeros(4), LINEAR)
+    net = Network((first, scale, second, head), first.n_in)
+    s = lookahead_scores(net).weights
+    assert s[1] is None
+    # the same factors with the scale moved into the neighbouring kernels' norms
+    ahead = np.linalg.norm((second.kernel * np.abs(a)[None, :, None, None]).transpose(1, 0, 2, 3).reshape(3, -1), axis=1)
+    assert np.allclose(s[0], np.abs(first.kernel) * ahead[:, None, None, None])
+    back = np.linalg.norm(first.kernel.reshape(3, -1), axis=1) * np.abs(a)
+    cols = np.linalg.norm(head.weight.reshape(4, 2, -1), axis=(0, 2))
+    assert np.allclose(s[2], np.abs(second.kernel) * back[None, :, None, None] * cols[:, None, None, None])

@@ -153,3 +153,19 @@ def test_a_run_whose_stderr_is_not_a_terminal_prints_no_progress(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_verify_formal_reports_its_stages(tmp_path):
+    """verify --formal tells the display what it is doing: the sampled check, the certificate's replay (a
+    file onnxcomp wrote carries one) and, only when the replay does not settle it, the formal bounds."""
+    small = tmp_path / "small.onnx"
+    onnxcomp.compress(str(MODEL), "stable", domain="0:1").save(small)
+    rec = Recorder()
+    result = onnxcomp.verify(str(MODEL), str(small), formal=True, progress=rec)
+    assert result.passed and rec.dones == 1
+    assert rec.stages[:2] == ["samples", "formal: certificate replay"]
+    assert ("formal: bounds" in rec.stages) == (result.formal["replay"] is None
+                                                or not result.formal["replay"].get("certified"))
+    plain = Recorder()
+    onnxcomp.verify(str(MODEL), str(MODEL), domain="0:1", formal=True, progress=plain)
+    assert plain.stages == ["samples", "formal: bounds"] and plain.dones == 1

@@ -139,7 +139,9 @@ def finishes_and_agrees_with_per_neuron(seed: int, method: str, solver: str) -> 
 def test_isa_is_sound_and_complete_on_small_random_networks(seed, solver):
     entry = finishes_and_agrees_with_per_neuron(seed, "isa", solver)
     assert entry["solver"] == solver
-    assert (entry["status"].startswith("optimal") or entry["status"] == "userinterrupt") and "ambiguous" not in entry
+    assert entry["status"].startswith("optimal") or entry["status"] == "userinterrupt"
+    # neurons of a solution the float replay rejected are settled by the per-side proofs (seed 3145, Gurobi)
+    assert "ambiguous" not in entry or entry["ambiguous_settled"]["status"] == "complete"
 
 
 @settings(max_examples=16, deadline=None)

@@ -275,3 +275,50 @@ def test_drop_units_channels_on_a_dense_network_is_refused():
     with pytest.raises(UsageError, match="--drop-units channels: this network has no convolution output channels"):
         PassManager().run(net, ["drop"], Context(data=rng.normal(size=(20, 4)),
                                                  options={"drop": 1, "drop_units": "channels"}))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**16), st.sampled_from([1, 4, 8]), st.lists(st.integers(0, 60), min_size=2, max_size=2))
+def test_aligned_drops_keep_blocked_channel_counts_whole_and_grow_with_the_level(seed, multiple, levels):
+    """``--channel-multiple m``: a convolution whose channel count is a multiple of m keeps a multiple of
+    m, one of another count (and every dense layer) loses exactly what the ranking chose, and a higher
+    level drops a superset of a lower one's units (what the budget search relies on)."""
+    from onnxcomp.dropping import aligned
+    from onnxcomp.params import n_units
+
+    rng = np.random.default_rng(seed)
+    side = 8
+    layers = [Conv(rng.normal(size=(16, 1, 3, 3)), rng.normal(size=16), (1, side, side), pads=(1, 1, 1, 1)),
+              Conv(rng.normal(size=(12, 16, 3, 3)), rng.normal(size=12), (16, side, side), pads=(1, 1, 1, 1))]
+    n = layers[-1].n_out
+    layers += [Dense(rng.normal(size=(6, n)), rng.normal(size=6)), Dense(rng.normal(size=(3, 6)), np.zeros(3), LINEAR)]
+    net = Network(tuple(layers), side * side)
+    order, _ = ranking(net, "magnitude", None, {})
+    lo, hi = sorted(min(v, len(order)) for v in levels)
+    small, large = aligned(net, order[:lo], multiple), aligned(net, order[:hi], multiple)
+    key = {(c.k, c.pos) for c in small}
+    assert key <= {(c.k, c.pos) for c in large}
+    for chosen in (small, large):
+        for k, layer in enumerate(net.layers[:-1]):
+            asked = sum(1 for c in order[:hi if chosen is large else lo] if c.k == k)
+            got = sum(1 for c in chosen if c.k == k)
+            if isinstance(layer, Conv) and n_units(layer) % multiple == 0:
+                assert (n_units(layer) - got) % multiple == 0 and got <= asked
+            else:
+                assert got == asked
+
+
+def test_channel_multiple_fires_on_blocked_layers_only(repo_root, tmp_path):
+    """Fires: on the bn_avg fixture (8 and 16 channels) --channel-multiple 8 keeps both counts multiples of 8;
+    doesn't fire: with 1 the same --drop removes exactly that many channels (16 of the 24: conv1 can lose at
+    most 7 of its 8, so at least 9 come from conv2, which then loses 8 when counts stay multiples of 8)."""
+    model = str(repo_root / "models" / "mnist_cnn_bn_avg.onnx")
+    data = str(repo_root / "models" / "data" / "mnist_calib.npz")
+    after = {}
+    for multiple in (1, 8):
+        result = compress(model, "drop", data=data, drop=16, drop_units="channels", score="magnitude",
+                          channel_multiple=multiple)
+        entry = next(p for p in result.report["passes"] if p["name"] == "drop")
+        after[multiple] = list(entry["channels_after"].values())
+    assert sum(after[1]) == 24 - 16 and any(c % 8 for c in after[1])
+    assert after[8] == [8, 8]

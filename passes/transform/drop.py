@@ -10,7 +10,8 @@ from onnxcomp.budget import choose
 from onnxcomp.channels import unit_count
 from onnxcomp.dependence import Dependence
 from onnxcomp.errors import UsageError
-from onnxcomp.dropping import SOURCES, UNITS, droppable, drop_neurons, parse_drop, ranking, removals, unit_noun
+from onnxcomp.dropping import (SOURCES, UNITS, aligned, droppable, drop_neurons, parse_drop, ranking, removals,
+                               unit_noun)
 from onnxcomp.options import option
 from onnxcomp.pipeline import LOSSY, PassResult, register
 from onnxcomp.scores import FisherScores, LookaheadScores
@@ -26,6 +27,9 @@ class DropOptions:
                         "scoring analysis that ran", choices=SOURCES)
     drop_units: str = option("all", "which units drop removes: all, channels (conv output channels only: what "
                              "removes a CNN's MACs) or neurons (dense layers only)", choices=UNITS)
+    channel_multiple: int = option(16, "a convolution whose channel count is a multiple of this keeps a "
+                                   "multiple: onnxruntime runs those in blocks of 8 or 16 channels, so only whole "
+                                   "blocks save time (1 = drop any number)", min=1)
 
 
 def _requires(opts: DropOptions) -> tuple:
@@ -56,7 +60,8 @@ def run(net, ctx, opts: DropOptions) -> PassResult:
     calib, cache = ctx.calibration(), {}
 
     def build(level: int):
-        return drop_neurons(net, calib, order[:level], dep, cache) if level else net
+        chosen = aligned(net, order[:level], opts.channel_multiple)
+        return drop_neurons(net, calib, chosen, dep, cache) if chosen else net
 
     explicit = None if opts.drop is None else parse_drop(opts.drop, total, len(order), noun)
     choice = choose(build, list(range(n_lossless, len(order) + 1)), "drop", explicit=explicit, default=n_lossless,

@@ -74,24 +74,38 @@ def allowances(net: Network, lo: np.ndarray, hi: np.ndarray) -> tuple[list, list
     return tols, allow
 
 
-def cut(verts: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The convex polygon ``verts`` (in order) split where ``s`` (the cutting function's values at the
-    vertices) changes sign: the part with ``s <= 0`` and the part with ``s >= 0``; both get the same
-    computed cut points, so their union is the polygon."""
-    left, right = [], []
+def _split(verts: np.ndarray, s: np.ndarray) -> tuple[list, list, list]:
+    """The two parts of the convex polygon ``verts`` (in order) where ``s`` (the cutting function's values
+    at the vertices) is ``<= 0`` and ``>= 0``, as vertex references: ``j >= 0`` is vertex ``j``, ``-m`` the
+    ``m``-th new cut point of the returned list (both parts share the same computed cut points)."""
+    left, right, new = [], [], []
     n = len(verts)
     for j in range(n):
         a, b = verts[j], verts[(j + 1) % n]
         sa, sb = s[j], s[(j + 1) % n]
         if sa <= 0:
-            left.append(a)
+            left.append(j)
         if sa >= 0:
-            right.append(a)
+            right.append(j)
         if (sa < 0 < sb) or (sb < 0 < sa):
-            p = a + (sa / (sa - sb)) * (b - a)
-            left.append(p)
-            right.append(p)
-    return np.array(left), np.array(right)
+            new.append(a + (sa / (sa - sb)) * (b - a))
+            left.append(-len(new))
+            right.append(-len(new))
+    return left, right, new
+
+
+def _pick(rows: np.ndarray, fresh: np.ndarray, refs: list) -> np.ndarray:
+    """The rows ``_split``'s references name: ``rows[j]`` for a vertex, ``fresh[m - 1]`` for cut point ``-m``."""
+    return np.array([rows[j] if j >= 0 else fresh[-j - 1] for j in refs])
+
+
+def cut(verts: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The convex polygon ``verts`` (in order) split where ``s`` (the cutting function's values at the
+    vertices) changes sign: the part with ``s <= 0`` and the part with ``s >= 0``; both get the same
+    computed cut points, so their union is the polygon."""
+    left, right, new = _split(verts, s)
+    fresh = np.array(new)
+    return _pick(verts, fresh, left), _pick(verts, fresh, right)
 
 
 @dataclass
@@ -307,26 +321,8 @@ def vertex_ranges(net: Network, lo: np.ndarray, hi: np.ndarray, upto: int, deadl
 
 def _cut_with_values(verts: np.ndarray, vals: np.ndarray, s: np.ndarray, forward) -> tuple:
     """``cut`` that carries the forward values of the vertices: the cut points' come from ``forward``."""
-    left, right, lv, rv, new = [], [], [], [], []
-    n = len(verts)
-    for j in range(n):
-        a, b = verts[j], verts[(j + 1) % n]
-        sa, sb = s[j], s[(j + 1) % n]
-        if sa <= 0:
-            left.append(a)
-            lv.append(j)
-        if sa >= 0:
-            right.append(a)
-            rv.append(j)
-        if (sa < 0 < sb) or (sb < 0 < sa):
-            new.append(a + (sa / (sa - sb)) * (b - a))
-            left.append(new[-1])
-            right.append(new[-1])
-            lv.append(-len(new))
-            rv.append(-len(new))
-    fresh = forward(np.array(new)) if new else np.zeros((0, vals.shape[1]))
-
-    def rows(idx: list) -> np.ndarray:
-        return np.array([vals[j] if j >= 0 else fresh[-j - 1] for j in idx])
-
-    return (np.array(left), rows(lv)), (np.array(right), rows(rv))
+    left, right, new = _split(verts, s)
+    points = np.array(new)
+    fresh = forward(points) if new else np.zeros((0, vals.shape[1]))
+    return ((_pick(verts, points, left), _pick(vals, fresh, left)),
+            (_pick(verts, points, right), _pick(vals, fresh, right)))

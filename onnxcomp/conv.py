@@ -259,29 +259,6 @@ class Conv:
         return row[ok], col, vals[ok]
 
     @cached_property
-    def patches(self) -> np.ndarray:
-        """For every group, output position and kernel tap ``(ci, ky, kx)`` of the group: the input feature
-        it reads, ``-1`` where the tap lands in the padding; int array (group, H_out * W_out, cg * kh * kw).
-        ``x[:, patches[g]]`` (with a zero appended to ``x``) is the im2col matrix of group ``g``, so a
-        kernel's gradient is one matrix product per group."""
-        _, cg, kh, kw = self.kernel.shape
-        c_in, h, w = self.in_shape
-        ho, wo = self.out_hw
-        oy, ox = np.divmod(np.arange(ho * wo), wo)
-        ci, ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij"))
-        iy = oy[:, None] * self.strides[0] - self.pads[0] + ky[None, :] * self.dilations[0]
-        ix = ox[:, None] * self.strides[1] - self.pads[1] + kx[None, :] * self.dilations[1]
-        ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-        out = np.empty((self.group,) + iy.shape, dtype=np.int64)
-        for g in range(self.group):
-            col = ((g * cg + ci[None, :]) * h + iy) * w + ix
-            if self.in_perm is not None:
-                col = np.asarray(self.in_perm, dtype=np.int64)[np.where(ok, col, 0)]
-            out[g] = np.where(ok, col, -1)
-        out.flags.writeable = False
-        return out
-
-    @cached_property
     def bias(self) -> np.ndarray:
         return frozen_array(self.unit_bias.reshape(-1)[self.emitted])
 
@@ -329,33 +306,44 @@ class Conv:
         per = self.out_channels // self.group
         return self.kernel[g * per:(g + 1) * per].transpose(0, 2, 3, 1).reshape(per, -1).T
 
+    def im2col(self, x: np.ndarray) -> list:
+        """The im2col matrices of rows ``x`` (m, n_in), one per group: (m, H_out * W_out, kh * kw * cg), a row
+        per output position holding the input values every kernel tap of the group reads there (0 in the
+        padding), in (ky, kx, ci) order -- the kernel's taps as :meth:`_kernel_hwc` orders them."""
+        m = x.shape[0]
+        c_in, h, w = self.in_shape
+        t, l = self.pads[:2]
+        _, cg, kh, kw = self.kernel.shape
+        ho, wo = self.out_hw
+        if self.in_perm is not None:
+            x = x[:, np.asarray(self.in_perm, dtype=np.int64)]
+        padded = self._padded_nhwc(m)
+        padded[:, t:t + h, l:l + w, :] = x.reshape(m, c_in, h, w).transpose(0, 2, 3, 1)
+        out = []
+        for g in range(self.group):
+            cols = np.empty((m, ho, wo, kh, kw, cg))
+            src = padded[..., g * cg:(g + 1) * cg]
+            for ky, kx, rows, colsl in self._tap_windows():
+                cols[:, :, :, ky, kx, :] = src[:, rows, colsl, :]
+            out.append(cols.reshape(m, ho * wo, kh * kw * cg))
+        return out
+
     def convolve(self, x: np.ndarray) -> np.ndarray:
         """``x @ weight.T`` computed as the convolution it is: the im2col matrix of a block of rows (one
         column block per kernel tap) times the kernel, one BLAS product per group, for batches where the
         sparse product is slow."""
         n = x.shape[0]
-        c_in, h, w = self.in_shape
-        t, l = self.pads[:2]
-        if self.in_perm is not None:
-            x = x[:, np.asarray(self.in_perm, dtype=np.int64)]
         c_out, cg, kh, kw = self.kernel.shape
-        ho, wo = self.out_hw
+        positions = self.out_hw[0] * self.out_hw[1]
         per = c_out // self.group
         kernels = [self._kernel_hwc(g) for g in range(self.group)]
-        out = np.empty((n, c_out, ho * wo))
-        block = max(1, IM2COL_ENTRIES // (ho * wo * cg * kh * kw))
+        out = np.empty((n, c_out, positions))
+        block = max(1, IM2COL_ENTRIES // (positions * cg * kh * kw))
         for start in range(0, n, block):
-            part = x[start:start + block]
-            m = part.shape[0]
-            padded = self._padded_nhwc(m)
-            padded[:, t:t + h, l:l + w, :] = part.reshape(m, c_in, h, w).transpose(0, 2, 3, 1)
-            for g in range(self.group):
-                cols = np.empty((m, ho, wo, kh, kw, cg))
-                src = padded[..., g * cg:(g + 1) * cg]
-                for ky, kx, rows, colsl in self._tap_windows():
-                    cols[:, :, :, ky, kx, :] = src[:, rows, colsl, :]
-                prod = cols.reshape(m * ho * wo, -1) @ kernels[g]
-                out[start:start + m, g * per:(g + 1) * per] = prod.reshape(m, ho * wo, per).transpose(0, 2, 1)
+            for g, cols in enumerate(self.im2col(x[start:start + block])):
+                m = cols.shape[0]
+                prod = cols.reshape(m * positions, -1) @ kernels[g]
+                out[start:start + m, g * per:(g + 1) * per] = prod.reshape(m, positions, per).transpose(0, 2, 1)
         out = out.reshape(n, -1)
         return out if self.units is None else out[:, self.emitted]
 

@@ -112,14 +112,13 @@ def _conv_gradients(layer, delta: np.ndarray, a: np.ndarray, y: np.ndarray):
         pre[:, layer.emitted] = y
     full = full.reshape(n, s, c_out, positions)
     gates = np.einsum("nscp,ncp->nsc", full, pre.reshape(n, c_out, positions))
-    padded = np.concatenate([a, np.zeros((n, 1))], axis=1)
     per = c_out // layer.group
-    grads = np.empty((n, s, c_out, layer.patches.shape[2]))
-    for g in range(layer.group):
-        cols = padded[:, layer.patches[g]]  # (N, positions, taps of the group)
+    _, cg, kh, kw = layer.kernel.shape
+    grads = np.empty((n, s, c_out, kh, kw, cg))  # taps in im2col's (ky, kx, ci) order
+    for g, cols in enumerate(layer.im2col(a)):  # (N, positions, taps of the group)
         mine = np.ascontiguousarray(full[:, :, g * per:(g + 1) * per]).reshape(n, s * per, positions)
-        grads[:, :, g * per:(g + 1) * per] = np.matmul(mine, cols).reshape(n, s, per, -1)
-    return grads.reshape((n, s) + layer.kernel.shape), gates
+        grads[:, :, g * per:(g + 1) * per] = np.matmul(mine, cols).reshape(n, s, per, kh, kw, cg)
+    return grads.transpose(0, 1, 2, 5, 3, 4), gates
 
 
 def accumulate(net: Network, h: np.ndarray, labels: np.ndarray | None, objective: str, temperature: float) -> dict:

@@ -355,7 +355,8 @@ def split_row_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi
 
     ``splits[j]``: int8 (B, n_j): +1 means the piece only holds inputs with ``y_j >= 0`` (the ReLU is the
     identity there), -1 with ``y_j <= 0`` (the ReLU is 0), 0 no constraint.  ``lower``/``upper``: sound bounds
-    of layers ``< k`` over the whole box (so over every piece).  The bound back-substitutes the row through
+    of layers ``< k``, per layer either (n_j,) over the whole box (so over every piece) or (B, n_j), each
+    row sound over its piece (``piece_bounds``).  The bound back-substitutes the row through
     the layers, free unstable ReLUs relaxed as in CROWN with lower slopes ``alpha`` in [0, 1], and adds every
     split constraint ``s y_j >= 0`` with a Lagrange multiplier ``beta >= 0`` (weak duality: for every input
     of the piece, ``f(x) <= f(x) + beta s y_j(x)``).  Any ``alpha``, ``beta`` give a valid bound; they are
@@ -384,6 +385,7 @@ def split_row_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi
     relax = []
     for j in range(k):
         l, u = np.asarray(lower[j], dtype=np.float64), np.asarray(upper[j], dtype=np.float64)
+        l, u = np.atleast_2d(l), np.atleast_2d(u)  # (1 or B, n_j): whole-box or per-piece bounds
         if relu[j]:
             sl, su, tu = _relaxation(l, u)
             relax.append((sl, su, tu, (l < 0) & (u > 0)))
@@ -399,11 +401,11 @@ def split_row_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi
         for j in range(k - 1, -1, -1):
             sl, su, tu, uns = relax[j]
             s = splits[j]
-            free = uns[None, :] & (s == 0)
+            free = uns & (s == 0)
             pos = coef > 0
             slope = np.where(s > 0, 1.0, np.where(s < 0, 0.0,
-                             np.where(uns[None, :], np.where(pos, su[None, :], alpha[j]), sl[None, :])))
-            icpt = np.where(free & pos, tu[None, :], 0.0)
+                             np.where(uns, np.where(pos, su, alpha[j]), sl)))
+            icpt = np.where(free & pos, tu, 0.0)
             bs = beta[j] * s
             lam = coef * slope + bs
             const = const + (coef * icpt).sum(axis=1) + lam @ biases[j]
@@ -428,7 +430,7 @@ def split_row_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi
             c_j, pos, slope, free, s = saved[j]
             g_lam = g @ weights[j].T + biases[j][None, :]
             grads = (np.where(free & ~pos, g_lam * c_j, 0.0), np.where(s != 0, g_lam * s, 0.0))
-            g = g_lam * slope + np.where(free & pos, relax[j][2][None, :], 0.0)
+            g = g_lam * slope + np.where(free & pos, relax[j][2], 0.0)
             m = moments[j]
             for p, (gr, m1, m2) in enumerate(((grads[0], 0, 1), (grads[1], 2, 3))):
                 m[m1] = 0.9 * m[m1] + 0.1 * gr
@@ -453,3 +455,91 @@ def split_row_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi
             beta[j][...] = best_b[j]
     x_star = np.clip(centre[None, :] + np.sign(best_top) * radius[None, :], lo, hi)
     return best, best_coef, x_star
+
+
+def _split_relaxation(l: np.ndarray, u: np.ndarray, s: np.ndarray):
+    """``_relaxation`` on one piece: a ReLU split active (``s > 0``) is the identity there, one split
+    inactive (``s < 0``) is 0, exactly."""
+    sl, su, tu = _relaxation(l, u)
+    on, off = s > 0, s < 0
+    return (np.where(on, 1.0, np.where(off, 0.0, sl)), np.where(on, 1.0, np.where(off, 0.0, su)),
+            np.where(on | off, 0.0, tu))
+
+
+PIECE_BOUNDS_BYTES = 64e6
+"""Bytes one block of ``piece_bounds``' coefficient tensors may take (pieces are bounded in blocks)."""
+
+
+def piece_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi: np.ndarray, lower: list, upper: list,
+                 splits: list, start: np.ndarray) -> np.ndarray:
+    """Tighten, in place, the per-piece pre-activation bounds of a branch and bound's pieces with their
+    split constraints (the intermediate bounds of beta-CROWN's subproblems).
+
+    ``lower``/``upper``: per layer ``j < k = len(weights)`` a (B, n_j) float64 array, row ``b`` sound over
+    piece ``b``; ``splits``: as in ``split_row_bounds``; ``start`` (B,): the first layer whose bounds may
+    have changed for each piece (the layer after its newest split).  A split clips its own neuron's bounds
+    at 0 (``y >= 0`` on the piece, or ``y <= 0``); from ``start`` on, every neuron still unstable and free
+    on some piece of a block is bounded again by CROWN back-substitution through the piece's relaxations
+    (a split ReLU is exact on its piece: the identity or 0), widened outward as ``split_row_bounds`` widens
+    (magnitudes from the box times ``1e-9 (j + 1)``), and intersected with the bounds it had.  Each bound
+    holds for every input of its piece, so for every piece below it.
+
+    Returns a (B,) mask of the pieces shown empty (some neuron's lower bound above its upper bound): no
+    input of the box satisfies their split constraints."""
+    k = len(weights)
+    lo = np.asarray(lo, dtype=np.float64).reshape(-1)
+    hi = np.asarray(hi, dtype=np.float64).reshape(-1)
+    centre, radius = (hi + lo) / 2.0, (hi - lo) / 2.0
+    mags = []
+    r = np.maximum(np.abs(lo), np.abs(hi))
+    for j in range(k):
+        mags.append(r)  # magnitude of layer j's input
+        r = np.abs(weights[j]) @ r + np.abs(biases[j])
+    n_b = splits[0].shape[0] if k else 0
+    start = np.asarray(start).reshape(-1)
+
+    def clip(j: int, rows) -> None:
+        s = splits[j][rows]
+        lower[j][rows] = np.where(s > 0, np.maximum(lower[j][rows], 0.0), lower[j][rows])
+        upper[j][rows] = np.where(s < 0, np.minimum(upper[j][rows], 0.0), upper[j][rows])
+
+    for j in range(k):
+        if relu[j]:
+            clip(j, slice(None))
+    for j in range(1, k):
+        todo = np.flatnonzero(start <= j)
+        if todo.size == 0:
+            continue
+        free = (lower[j][todo] < 0) & (upper[j][todo] > 0) & (splits[j][todo] == 0)
+        rows = np.flatnonzero(free.any(axis=0))
+        if rows.size == 0:
+            continue
+        w_r, b_r = weights[j][rows], biases[j][rows]
+        mag = (j + 1) * (np.abs(w_r) @ mags[j] + np.abs(b_r))
+        widest = max(w.shape[1] for w in weights[:j + 1])
+        block = max(1, int(PIECE_BOUNDS_BYTES // (8 * 2 * rows.size * widest)))
+        for at in range(0, todo.size, block):
+            pieces = todo[at:at + block]
+            m = pieces.size
+            a = np.broadcast_to(np.concatenate([w_r, -w_r])[None], (m, 2 * rows.size, w_r.shape[1])).copy()
+            c = np.broadcast_to(np.concatenate([b_r, -b_r])[None], (m, 2 * rows.size)).copy()
+            for i in range(j - 1, -1, -1):
+                if relu[i]:
+                    sl, su, tu = _split_relaxation(lower[i][pieces], upper[i][pieces], splits[i][pieces])
+                    pos = np.maximum(a, 0.0)
+                    c = c + np.matmul(pos, tu[:, :, None])[:, :, 0]
+                    a = a * sl[:, None, :] + pos * (su - sl)[:, None, :]
+                flat = a.reshape(-1, a.shape[2])
+                c = c + (flat @ biases[i]).reshape(m, -1)
+                a = (flat @ weights[i]).reshape(m, -1, weights[i].shape[1])
+            top = np.matmul(a, centre[:, None])[:, :, 0] + np.matmul(np.abs(a), radius[:, None])[:, :, 0] + c
+            top = top + REL_MARGIN * np.concatenate([mag, mag])[None, :] + ABS_MARGIN
+            sel = np.ix_(pieces, rows)
+            upper[j][sel] = np.minimum(upper[j][sel], top[:, :rows.size])
+            lower[j][sel] = np.maximum(lower[j][sel], -top[:, rows.size:])
+        if relu[j]:
+            clip(j, todo)
+    empty = np.zeros(n_b, bool)
+    for j in range(k):
+        empty |= (lower[j] > upper[j]).any(axis=1)
+    return empty

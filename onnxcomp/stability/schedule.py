@@ -18,7 +18,9 @@ Methods (``--stability-method``):
   gradient search for witnesses, then per side a ReLU branch and bound (LP per piece, proofs checked
   through the LP duals) or a feasibility MILP of the layers before it, each side an independent unit of
   work for the ``--jobs`` workers; what one layer proves tightens the bounds of the next
-  (``feasibility.settle``).  ISA's one MILP over the whole network stalls on networks of 4-9 layers of
+  (``feasibility.settle``), and so do the layer's witnessed sides, bounded by the branch and bound in
+  its optimising mode with a quarter of the time left (intermediate tightening, as alpha-beta-CROWN
+  tightens the unstable intermediate neurons before it branches).  ISA's one MILP over the whole network stalls on networks of 4-9 layers of
   200-256 neurons (its objective couples every open neuron); per-side problems stay small.
 * ``regions`` (networks with at most two inputs, ``stability.regions``): the exact linear regions of the
   network, cut out of the input box one ReLU boundary at a time; on each region every neuron before a

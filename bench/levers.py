@@ -27,6 +27,10 @@ Strategies (``--strategies``, comma-separated):
                inputs per layer SCIP MILPs (1..10 s) then bab (1..10 s), later rounds SCIP (>= 30 s)
   bab+milp     per layer bab (1..10 s) then SCIP MILPs (5..30 s), second round bab
   noalpha      auto without alpha-CROWN (CROWN bounds only): what the optimised slopes are worth
+  notighten    auto without intermediate tightening (lever 4, issue 18; ``settle(tighten=0)``): the
+               schedule before it
+  refine       auto with per-piece intermediate bounds in the branch and bound (lever 2, issue 18;
+               ``bab_side(refine=True)``, ``bounds.piece_bounds``)
   regions      lever 5 (issue 18), networks of at most two inputs: the exact linear regions alone
                (``stability.regions.explore``: polygons cut along ReLU boundaries, ranges at the vertices),
                every hidden neuron's two sides open, no sampling and no bounds before it
@@ -91,6 +95,8 @@ STRATEGIES = {
     "auto": {},
     "bab+milp": {"schedule": (("bab", 1.0, 10.0), ("milp", 5.0, 30.0)), "final": ("bab", 30.0)},
     "noalpha": {"alpha_iterations": 0},
+    "notighten": {"tighten": 0.0},
+    "refine": {"refine": True},
 }
 
 

@@ -180,16 +180,25 @@ def _back_substitute(net: Network, k: int, relax: list, centre: np.ndarray, radi
     layer = net.layers[k]
     w_k = _dense(layer) if rows is None else layer.rows(rows)
     bias = layer.bias if rows is None else layer.bias[rows]
+    return _back_substitute_rows([l.weight for l in net.layers[:k]], [l.bias for l in net.layers[:k]], w_k, bias,
+                                 relax, centre, radius)
+
+
+def _back_substitute_rows(weights: list, biases: list, w_k, bias: np.ndarray, relax: list, centre: np.ndarray,
+                          radius: np.ndarray):
+    """:func:`_back_substitute` for the rows ``w_k`` (n, n_{k-1}) and ``bias`` of a layer after the layers
+    ``weights``/``biases`` (``k = len(weights)``), relaxed by ``relax[j]`` (each array (B, n_j)) over the
+    boxes ``centre`` +- ``radius`` (B, n0)."""
     n = w_k.shape[0]
     a = np.concatenate([w_k, -w_k])[None, :, :]  # (1 or B, 2n, n_j)
     c = np.concatenate([bias, -bias])[None, :]
     batch = centre.shape[0]
-    for j in range(k - 1, -1, -1):
+    for j in range(len(weights) - 1, -1, -1):
         sl, su, tu = relax[j]  # each (B, n_j)
         pos = np.maximum(a, 0.0)
         c = c + np.matmul(pos, tu[:, :, None])[:, :, 0]
         a = a * sl[:, None, :] + pos * (su - sl)[:, None, :]
-        w, b = net.layers[j].weight, net.layers[j].bias
+        w, b = weights[j], biases[j]
         flat = a.reshape(-1, a.shape[2])  # one large GEMM instead of B small ones
         c = c + (flat @ b).reshape(batch, -1)
         a = (flat @ w).reshape(batch, -1, w.shape[1])
@@ -520,23 +529,20 @@ def piece_bounds(weights: list, biases: list, relu: list, lo: np.ndarray, hi: np
         block = max(1, int(PIECE_BOUNDS_BYTES // (8 * 2 * rows.size * widest)))
         for at in range(0, todo.size, block):
             pieces = todo[at:at + block]
-            m = pieces.size
-            a = np.broadcast_to(np.concatenate([w_r, -w_r])[None], (m, 2 * rows.size, w_r.shape[1])).copy()
-            c = np.broadcast_to(np.concatenate([b_r, -b_r])[None], (m, 2 * rows.size)).copy()
-            for i in range(j - 1, -1, -1):
+            relax = []
+            for i in range(j):
                 if relu[i]:
-                    sl, su, tu = _split_relaxation(lower[i][pieces], upper[i][pieces], splits[i][pieces])
-                    pos = np.maximum(a, 0.0)
-                    c = c + np.matmul(pos, tu[:, :, None])[:, :, 0]
-                    a = a * sl[:, None, :] + pos * (su - sl)[:, None, :]
-                flat = a.reshape(-1, a.shape[2])
-                c = c + (flat @ biases[i]).reshape(m, -1)
-                a = (flat @ weights[i]).reshape(m, -1, weights[i].shape[1])
-            top = np.matmul(a, centre[:, None])[:, :, 0] + np.matmul(np.abs(a), radius[:, None])[:, :, 0] + c
-            top = top + REL_MARGIN * np.concatenate([mag, mag])[None, :] + ABS_MARGIN
+                    relax.append(_split_relaxation(lower[i][pieces], upper[i][pieces], splits[i][pieces]))
+                else:
+                    ones = np.ones((pieces.size, weights[i].shape[0]))
+                    relax.append((ones, ones, np.zeros_like(ones)))
+            y_lo, y_hi, _, _ = _back_substitute_rows(weights[:j], biases[:j], w_r, b_r, relax,
+                                                     np.repeat(centre[None], pieces.size, axis=0),
+                                                     np.repeat(radius[None], pieces.size, axis=0))
+            margin = REL_MARGIN * mag[None, :] + ABS_MARGIN
             sel = np.ix_(pieces, rows)
-            upper[j][sel] = np.minimum(upper[j][sel], top[:, :rows.size])
-            lower[j][sel] = np.maximum(lower[j][sel], -top[:, rows.size:])
+            upper[j][sel] = np.minimum(upper[j][sel], y_hi + margin)
+            lower[j][sel] = np.maximum(lower[j][sel], y_lo - margin)
         if relu[j]:
             clip(j, todo)
     empty = np.zeros(n_b, bool)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bounds import Bounds, alpha_crown_bounds, crown_bounds
+from ..bounds import Bounds, _relaxation, alpha_crown_bounds, crown_bounds
 from ..ir import Network
 from .falsify import preactivation_gradients
 from .state import EPS_REL, WITNESS_FLOAT64, epsilons  # noqa: F401  (the pipeline's epsilon policy)
@@ -293,12 +293,6 @@ def bab_side(unit: SideUnit, task: SideTask, time_limit: float, *, batch: int = 
     unstable = [(lower[j] < 0) & (upper[j] > 0) & bool(relu[j]) for j in range(k)]
     refine = bool(refine) and k >= 2  # with one layer before the side its bounds are the box's, exact
 
-    def relax_terms(l: np.ndarray, u: np.ndarray, uns: np.ndarray):
-        """BaBSR's intercept ``t = -u l / (u - l)`` and a tie-break spread of each unstable neuron."""
-        tu = np.where(uns, -u * l / np.where(uns, u - l, 1.0), 0.0)
-        return tu, np.where(uns, np.minimum(u, -l), 0.0)
-
-    terms = [relax_terms(lower[j], upper[j], unstable[j]) for j in range(k)]
     incumbent = [-np.inf]
 
     def witness(xs: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray | None:
@@ -321,11 +315,11 @@ def bab_side(unit: SideUnit, task: SideTask, time_limit: float, *, batch: int = 
         best_j = np.full(n_b, -1)
         best_i = np.zeros(n_b, dtype=np.int64)
         for j in range(k):
-            if pl is None:
-                uns, (tu, spread) = unstable[j][None, :], (t[None, :] for t in terms[j])
-            else:  # on the piece, with its own bounds
-                uns = (pl[0][j] < 0) & (pl[1][j] > 0) & bool(relu[j])
-                tu, spread = relax_terms(pl[0][j], pl[1][j], uns)
+            # the whole box's bounds, or each piece's own (refine)
+            l, u = (lower[j][None, :], upper[j][None, :]) if pl is None else (pl[0][j], pl[1][j])
+            uns = (l < 0) & (u > 0) & bool(relu[j])
+            tu = np.where(uns, _relaxation(l, u)[2], 0.0)  # BaBSR's intercept -u l / (u - l)
+            spread = np.where(uns, np.minimum(u, -l), 0.0)  # a tie-break
             free = uns & (splits[j] == 0)
             score = np.where(free, np.maximum(coef[j], 0.0) * tu + 1e-6 * np.abs(coef[j]) * spread, -np.inf)
             i = np.argmax(score, axis=1)
@@ -335,7 +329,7 @@ def bab_side(unit: SideUnit, task: SideTask, time_limit: float, *, batch: int = 
         return best_j, best_i
 
     splits = [np.zeros((1, n), np.int8) for n in widths]
-    alpha = [np.broadcast_to(_crown_slope(lower[j], upper[j]), (1, widths[j])).copy() for j in range(k)]
+    alpha = [np.broadcast_to(_relaxation(lower[j], upper[j])[0], (1, widths[j])).copy() for j in range(k)]
     beta = [np.zeros((1, n)) for n in widths]
     pl = ([x[None, :].copy() for x in lower], [x[None, :].copy() for x in upper]) if refine else None
     bound, coef, xs = split_row_bounds(weights, biases, relu, unit.lo, unit.hi, *(pl or (lower, upper)), row_w, row_b,
@@ -580,10 +574,6 @@ class _Pool:
                 x[holes] = x[tail]
         self.n = n - m
         return out
-
-
-def _crown_slope(l: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return np.where(l >= 0, 1.0, np.where(u <= 0, 0.0, (u >= -l).astype(np.float64)))
 
 
 # ---- witnesses --------------------------------------------------------------------------------------
@@ -956,7 +946,7 @@ def settle(net: Network, lo: np.ndarray, hi: np.ndarray, *, time_limit: float = 
         t = time.monotonic()
         l, u = st.lower[k], st.upper[k]
         uns = (l < 0) & (u > 0)
-        gap = np.where(uns, -u * l / np.where(uns, u - l, 1.0), 0.0)  # the triangle's height
+        gap = _relaxation(l, u)[2]  # the triangle's height, -u l / (u - l)
         sides = [(int(i), ACTIVE) for i in np.flatnonzero(uns & st.seen_active[k])]
         sides += [(int(i), INACTIVE) for i in np.flatnonzero(uns & st.seen_inactive[k])]
         sides.sort(key=lambda x: -gap[x[0]])

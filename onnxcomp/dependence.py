@@ -266,8 +266,9 @@ def _elimination(cov: np.ndarray, outgoing: np.ndarray, first: np.ndarray) -> tu
     return order, g, est
 
 
-def _dense_residuals(net: Network, calib: CalibrationSet, plans: dict) -> tuple[dict, int, dict]:
-    """Squared residuals of the predictors ``plans`` on the samples of a dense network."""
+def _dense_residuals(net: Network, calib: CalibrationSet, plans: dict) -> tuple[dict, dict]:
+    """Mean squared residuals of the predictors ``plans`` on the samples of a dense network (the next
+    layer's scale comes from the moments: no measured one)."""
     sq = {k: np.zeros(2 * net.layers[k].n_out) for k in plans}
     count = 0
     if plans:
@@ -277,12 +278,12 @@ def _dense_residuals(net: Network, calib: CalibrationSet, plans: dict) -> tuple[
                 e = (acts[k] - mean) @ pred
                 sq[k] += np.einsum("ij,ij->j", e, e)
             count += h.shape[0]
-    return sq, count, {}
+    return {k: sq[k] / max(count, 1) for k in plans}, {}
 
 
-def _unit_residuals(net: Network, calib: CalibrationSet, plans: dict, by_k: dict) -> tuple[dict, int, dict]:
-    """Squared residuals (per observation: sample × position) of the predictors ``plans`` over the unit
-    views, and per span the mean square of the next tunable layer's pre-activation."""
+def _unit_residuals(net: Network, calib: CalibrationSet, plans: dict, by_k: dict) -> tuple[dict, dict]:
+    """Mean squared residuals (per observation: sample × position) of the predictors ``plans`` over the
+    unit views, and per span the RMS of the next tunable layer's pre-activation."""
     sq = {k: np.zeros(2 * unit_count(net.layers[k])) for k in plans}
     y_sq = {k: 0.0 for k in plans}
     count = {k: 0 for k in plans}
@@ -298,9 +299,8 @@ def _unit_residuals(net: Network, calib: CalibrationSet, plans: dict, by_k: dict
             y = net.layers[sp.j].preactivation(out[sp.read])
             y_sq[k] += float(np.sum(np.square(y))) / y.shape[1]
         samples += n
-    counts = {k: count[k] for k in plans}
     next_scale = {k: float(np.sqrt(y_sq[k] / max(samples, 1))) for k in plans}
-    return {k: sq[k] / max(counts[k], 1) for k in plans}, samples, next_scale
+    return {k: sq[k] / max(count[k], 1) for k in plans}, next_scale
 
 
 def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: float,
@@ -325,12 +325,10 @@ def analyse_layers(net: Network, calib: CalibrationSet, moments: dict, tol: floa
         order, greedy, _ = _elimination(cov, outgoing, outgoing == 0.0)
         plans[k] = (mean, np.hstack([one, greedy]), order, outgoing)
     # second pass: residuals measured directly on the samples (no cancellation from u'Σu)
-    conv = any(sp.conv for sp in by_k.values())
-    if conv:
-        mean_sq, _, measured_scale = _unit_residuals(net, calib, plans, by_k)
+    if any(sp.conv for sp in by_k.values()):
+        mean_sq, measured_scale = _unit_residuals(net, calib, plans, by_k)
     else:
-        sq, count, measured_scale = _dense_residuals(net, calib, plans)
-        mean_sq = {k: sq[k] / max(count, 1) for k in plans}
+        mean_sq, measured_scale = _dense_residuals(net, calib, plans)
     result = []
     for k, (mean, pred, order, outgoing) in plans.items():
         layer, sp = net.layers[k], by_k[k]
